@@ -1,0 +1,44 @@
+/* forward.h — inference forward over a token batch with a KV cache. The same
+ * call serves prefill (many tokens of one sequence), decode (one token of many
+ * sequences: continuous batching) and anything in between. */
+#ifndef DS4_FORWARD_H
+#define DS4_FORWARD_H
+
+#include "model/model.h"
+
+/* KV cache per layer: rows appended per sequence. With pruning a layer skips
+ * dropped tokens, so lengths differ per layer and each row records its
+ * original position. Kd = num_key_value_heads * head_dim. */
+typedef struct ds4_kv_cache {
+    int n_layers, n_seq, capacity, kv_dim;
+    float *k[DS4_MAX_LAYERS];    /* [n_seq, capacity, Kd] */
+    float *v[DS4_MAX_LAYERS];    /* [n_seq, capacity, Kd] */
+    int   *pos[DS4_MAX_LAYERS];  /* [n_seq, capacity] original position of each row */
+    int   *len[DS4_MAX_LAYERS];  /* [n_seq] rows filled */
+    int   *next_pos;             /* [n_seq] next position to be fed */
+} ds4_kv_cache;
+
+ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity);
+void   ds4_kv_cache_free(ds4_kv_cache *kv);
+void   ds4_kv_cache_reset_seq(ds4_kv_cache *kv, int seq);
+size_t ds4_kv_cache_bytes_used(const ds4_kv_cache *kv);
+
+/* A batch of n tokens. Tokens of one sequence are contiguous and in order,
+ * and the first of them has position kv->next_pos[seq]. */
+typedef struct ds4_batch {
+    int n;
+    const int *tokens;   /* [n] */
+    const int *seq;      /* [n] cache slot of each token */
+} ds4_batch;
+
+/* Runs the model, appends K/V to the cache, advances next_pos, and writes
+ * logits [n_out, V] for batch rows out_rows[0..n_out) (out_rows == NULL:
+ * all n rows, n_out ignored). Fails (without touching the cache) if a
+ * sequence would exceed the cache capacity. */
+int ds4_forward(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
+                const int *out_rows, int n_out, float *logits);
+
+/* Convenience: logits [T, V] for one sequence of ids from position 0 (no cache kept). */
+int ds4_forward_logits(const ds4_model *m, const int *ids, int T, float *logits);
+
+#endif
