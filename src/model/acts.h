@@ -1,0 +1,60 @@
+/* acts.h — activations saved by the forward pass for the backward pass (and
+ * reused as per-layer scratch in inference). n = tokens in the batch. */
+#ifndef DS4_ACTS_H
+#define DS4_ACTS_H
+
+#include "model/model.h"
+
+typedef struct ds4_layer_acts {
+    float *x_in;            /* [n, D]    residual stream entering the layer */
+    float *xn1, *rstd1;     /* [n, D], [n]  input_layernorm output, 1/rms */
+    float *q;               /* [n, H*Dh] roped queries (k, v live in the KV cache) */
+    float *kn, *vn;         /* [n, K*Dh] this batch's keys/values (before the cache copy) */
+    float *att;             /* [n, H*Dh] attention output */
+    float *lse;             /* [n, H]    log-sum-exp per query and head */
+    float *x_mid;           /* [n, D]    residual after attention */
+    float *xn2, *rstd2;     /* [n, D], [n] post_attention_layernorm output */
+    float *g, *u, *h;       /* [n, F]    dense SwiGLU: gate, up, silu(g)*u */
+    /* MoE, k = active experts per token */
+    float *rlogits;         /* [n, E]    router logits */
+    float *scores;          /* [n, E]    unbiased scores */
+    int   *experts;         /* [n, k] */
+    float *weights;         /* [n, k] */
+    int   *offsets;         /* [E+1] */
+    int   *perm_tok, *perm_slot; /* [n*k] */
+    float *ex;              /* [n*k, D]  gathered inputs */
+    float *eg, *eu, *eh;    /* [n*k, Fm] */
+    float *ey;              /* [n*k, D]  expert outputs before weighting */
+    float *sg, *su, *sh;    /* [n, S*Fm] shared experts */
+    float *ffn;             /* [n, D]    FFN output */
+} ds4_layer_acts;
+
+typedef struct ds4_acts {
+    int n_cap;                               /* tokens the buffers hold */
+    int n_layers;
+    ds4_layer_acts l[DS4_MAX_LAYERS];
+    float *x_out;                            /* [n, D] final residual stream */
+    float *xnf, *rstdf;                      /* [n, D], [n] final norm */
+    float *logits;                           /* [n, V] (training; may be NULL in inference) */
+} ds4_acts;
+
+/* Allocate buffers for n tokens; n_layers = L for training (every layer
+ * saved) or 1 for inference scratch (one layer reused). */
+ds4_acts *ds4_acts_create(const ds4_config *c, int n, int n_layers, int with_logits);
+void ds4_acts_free(ds4_acts *a);
+
+struct ds4_kv_cache;
+struct ds4_batch;
+/* The one forward pass. acts == NULL: inference (scratch allocated inside).
+ * acts != NULL: every layer's activations are saved for ds4_backward and
+ * acts->logits gets all n rows (out_rows/logits ignored). */
+int ds4_forward_impl(const ds4_model *m, const struct ds4_batch *b, struct ds4_kv_cache *kv,
+                     ds4_acts *acts, const int *out_rows, int n_out, float *logits);
+
+/* Backward of ds4_forward_impl for a training batch (every sequence's cache
+ * slot was empty before the forward). dlogits [n, V]; grads: a buffer with the
+ * model's layout, ACCUMULATED into. */
+int ds4_backward(const ds4_model *m, const struct ds4_batch *b, const struct ds4_kv_cache *kv,
+                 const ds4_acts *acts, const float *dlogits, float *grads);
+
+#endif

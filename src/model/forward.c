@@ -1,0 +1,304 @@
+/* forward.c — the forward pass over a token batch with a KV cache: embeddings,
+ * per layer RMSNorm → GQA attention (RoPE) → RMSNorm → dense or MoE SwiGLU,
+ * final norm and lm_head. Training calls it with acts to save activations. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/kernels.h"
+#include "model/acts.h"
+#include "model/forward.h"
+#include "model/moe.h"
+#include "util/util.h"
+
+/* ---- KV cache ----------------------------------------------------------- */
+
+ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity) {
+    if (n_seq <= 0 || capacity <= 0) {
+        ds4_set_error("KV cache: n_seq (%d) and capacity (%d) must be positive", n_seq, capacity);
+        return NULL;
+    }
+    ds4_kv_cache *kv = ds4_calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    kv->n_layers = c->num_hidden_layers;
+    kv->n_seq = n_seq;
+    kv->capacity = capacity;
+    kv->kv_dim = c->num_key_value_heads * c->head_dim;
+    size_t rows = (size_t)n_seq * capacity;
+    kv->next_pos = ds4_calloc((size_t)n_seq, sizeof(int));
+    if (!kv->next_pos) goto fail;
+    for (int l = 0; l < kv->n_layers; l++) {
+        kv->k[l] = ds4_alloc_aligned(rows * kv->kv_dim * sizeof(float));
+        kv->v[l] = ds4_alloc_aligned(rows * kv->kv_dim * sizeof(float));
+        kv->pos[l] = ds4_calloc(rows, sizeof(int));
+        kv->len[l] = ds4_calloc((size_t)n_seq, sizeof(int));
+        if (!kv->k[l] || !kv->v[l] || !kv->pos[l] || !kv->len[l]) goto fail;
+    }
+    return kv;
+fail:
+    ds4_kv_cache_free(kv);
+    return NULL;
+}
+
+void ds4_kv_cache_free(ds4_kv_cache *kv) {
+    if (!kv) return;
+    for (int l = 0; l < kv->n_layers; l++) {
+        free(kv->k[l]); free(kv->v[l]); free(kv->pos[l]); free(kv->len[l]);
+    }
+    free(kv->next_pos);
+    free(kv);
+}
+
+void ds4_kv_cache_reset_seq(ds4_kv_cache *kv, int seq) {
+    for (int l = 0; l < kv->n_layers; l++) kv->len[l][seq] = 0;
+    kv->next_pos[seq] = 0;
+}
+
+size_t ds4_kv_cache_bytes_used(const ds4_kv_cache *kv) {
+    size_t rows = 0;
+    for (int l = 0; l < kv->n_layers; l++)
+        for (int s = 0; s < kv->n_seq; s++) rows += (size_t)kv->len[l][s];
+    return rows * (size_t)kv->kv_dim * 2 * sizeof(float);
+}
+
+/* ---- activations -------------------------------------------------------- */
+
+#define FALLOC(p, count) do { if (!((p) = ds4_alloc_aligned((size_t)(count) * sizeof(float)))) goto fail; } while (0)
+#define IALLOC(p, count) do { if (!((p) = ds4_calloc((size_t)(count), sizeof(int)))) goto fail; } while (0)
+
+ds4_acts *ds4_acts_create(const ds4_config *c, int n, int n_layers, int with_logits) {
+    ds4_acts *a = ds4_calloc(1, sizeof *a);
+    if (!a) return NULL;
+    a->n_cap = n;
+    a->n_layers = n_layers;
+    const size_t D = c->hidden_size, Q = (size_t)c->num_attention_heads * c->head_dim;
+    const size_t KD = (size_t)c->num_key_value_heads * c->head_dim;
+    const size_t E = c->n_routed_experts, k = ds4_moe_k(c), Fm = c->moe_intermediate_size;
+    const size_t S = (size_t)c->n_shared_experts * Fm;
+    for (int l = 0; l < n_layers; l++) {
+        ds4_layer_acts *L = &a->l[l];
+        const int moe = n_layers == 1 ? c->n_routed_experts > 0 : ds4_layer_is_moe(c, l);
+        const int dense = n_layers == 1 ? c->first_k_dense_replace > 0 || !moe : !moe;
+        FALLOC(L->x_in, n * D); FALLOC(L->xn1, n * D); FALLOC(L->rstd1, n);
+        FALLOC(L->q, n * Q); FALLOC(L->kn, n * KD); FALLOC(L->vn, n * KD);
+        FALLOC(L->att, n * Q); FALLOC(L->lse, (size_t)n * c->num_attention_heads);
+        FALLOC(L->x_mid, n * D); FALLOC(L->xn2, n * D); FALLOC(L->rstd2, n);
+        FALLOC(L->ffn, n * D);
+        if (dense) { FALLOC(L->g, n * (size_t)c->intermediate_size); FALLOC(L->u, n * (size_t)c->intermediate_size);
+                     FALLOC(L->h, n * (size_t)c->intermediate_size); }
+        if (moe) {
+            FALLOC(L->rlogits, n * E); FALLOC(L->scores, n * E);
+            IALLOC(L->experts, n * k); FALLOC(L->weights, n * k);
+            IALLOC(L->offsets, E + 1); IALLOC(L->perm_tok, n * k); IALLOC(L->perm_slot, n * k);
+            FALLOC(L->ex, n * k * D); FALLOC(L->eg, n * k * Fm); FALLOC(L->eu, n * k * Fm);
+            FALLOC(L->eh, n * k * Fm); FALLOC(L->ey, n * k * D);
+            if (S) { FALLOC(L->sg, n * S); FALLOC(L->su, n * S); FALLOC(L->sh, n * S); }
+        }
+    }
+    FALLOC(a->x_out, n * D); FALLOC(a->xnf, n * D); FALLOC(a->rstdf, n);
+    if (with_logits) FALLOC(a->logits, (size_t)n * c->vocab_size);
+    return a;
+fail:
+    ds4_acts_free(a);
+    return NULL;
+}
+
+void ds4_acts_free(ds4_acts *a) {
+    if (!a) return;
+    for (int l = 0; l < a->n_layers; l++) {
+        ds4_layer_acts *L = &a->l[l];
+        void *ps[] = {L->x_in, L->xn1, L->rstd1, L->q, L->kn, L->vn, L->att, L->lse, L->x_mid, L->xn2,
+                      L->rstd2, L->g, L->u, L->h, L->rlogits, L->scores, L->experts, L->weights,
+                      L->offsets, L->perm_tok, L->perm_slot, L->ex, L->eg, L->eu, L->eh, L->ey,
+                      L->sg, L->su, L->sh, L->ffn};
+        for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
+    }
+    free(a->x_out); free(a->xnf); free(a->rstdf); free(a->logits);
+    free(a);
+}
+
+/* ---- FFN ---------------------------------------------------------------- */
+
+/* SwiGLU y[n,D] = down(silu(gate x) * up x) with gate/up [F,D], down [D,F]. */
+static void swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, const float *wd,
+                       float *g, float *u, float *h, int n, int D, int F, int acc) {
+    ds4_matmul(g, x, wg, n, D, F, 0);
+    ds4_matmul(u, x, wu, n, D, F, 0);
+    ds4_swiglu(h, g, u, (size_t)n * F);
+    ds4_matmul(y, h, wd, n, F, D, acc);
+}
+
+/* MoE FFN: route → permute → per-expert SwiGLU → weighted combine (+ shared). */
+static void moe_ffn(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
+    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
+    ds4_matmul(A->rlogits, x, W->router, n, D, E, 0);
+    ds4_moe_route(c, A->rlogits, W->router_bias, n, A->experts, A->weights, A->scores);
+    ds4_moe_permute(A->experts, n, k, E, A->offsets, A->perm_tok, A->perm_slot);
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < n * k; r++)
+        memcpy(A->ex + (size_t)r * D, x + (size_t)A->perm_tok[r] * D, sizeof(float) * D);
+    for (int e = 0; e < E; e++) {
+        const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
+        if (m == 0) continue;
+        swiglu_ffn(A->ey + (size_t)r0 * D, A->ex + (size_t)r0 * D,
+                   W->exp_gate + (size_t)e * Fm * D, W->exp_up + (size_t)e * Fm * D,
+                   W->exp_down + (size_t)e * D * Fm, A->eg + (size_t)r0 * Fm,
+                   A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, m, D, Fm, 0);
+    }
+    /* combine: each token sums its k expert rows (gather, race-free) */
+    int *row_of = malloc(sizeof(int) * (size_t)n * k);      /* [n, k] permuted row of (t, slot) */
+    for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
+    const int S = c->n_shared_experts * Fm;
+    if (S > 0) swiglu_ffn(A->ffn, x, W->sh_gate, W->sh_up, W->sh_down, A->sg, A->su, A->sh, n, D, S, 0);
+    else memset(A->ffn, 0, sizeof(float) * (size_t)n * D);
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        float *y = A->ffn + (size_t)t * D;
+        for (int j = 0; j < k; j++) {
+            const float w = A->weights[t * k + j];
+            const float *ey = A->ey + (size_t)row_of[t * k + j] * D;
+            for (int d = 0; d < D; d++) y[d] += w * ey[d];
+        }
+    }
+    free(row_of);
+}
+
+/* ---- the forward pass --------------------------------------------------- */
+
+static int check_batch(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv) {
+    const ds4_config *c = &m->cfg;
+    if (b->n <= 0) { ds4_set_error("forward: empty batch"); return -1; }
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int i = 0; i < c->n_prune_layers; i++)
+            if (c->prune_layers[i] == l && c->prune_ratio[i] > 0) {
+                ds4_set_error("forward: token pruning (prune_layers) is not implemented yet");
+                return -1;
+            }
+    if (c->index_topk > 0) { ds4_set_error("forward: indexed sparse attention (index_topk) is not implemented yet"); return -1; }
+    int prev = -1;
+    unsigned char *seen = ds4_calloc((size_t)kv->n_seq, 1);
+    if (!seen) return -1;
+    int rc = 0, count = 0;
+    for (int i = 0; i < b->n && rc == 0; i++) {
+        int t = b->tokens[i], s = b->seq[i];
+        if (t < 0 || t >= c->vocab_size) { ds4_set_error("forward: token id %d at row %d outside [0, %d)", t, i, c->vocab_size); rc = -1; }
+        else if (s < 0 || s >= kv->n_seq) { ds4_set_error("forward: sequence %d at row %d outside the cache's %d slots", s, i, kv->n_seq); rc = -1; }
+        else if (s != prev) {
+            if (seen[s]) { ds4_set_error("forward: rows of sequence %d are not contiguous", s); rc = -1; }
+            seen[s] = 1;
+            count = 0;
+        }
+        if (rc == 0 && kv->next_pos[s] + ++count > kv->capacity) {
+            ds4_set_error("forward: sequence %d would exceed the KV cache capacity of %d tokens", s, kv->capacity);
+            rc = -1;
+        }
+        prev = s;
+    }
+    free(seen);
+    return rc;
+}
+
+int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
+                     ds4_acts *acts, const int *out_rows, int n_out, float *logits) {
+    const ds4_config *c = &m->cfg;
+    if (check_batch(m, b, kv) != 0) return -1;
+    const int n = b->n, D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads;
+    const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh, V = c->vocab_size;
+    ds4_acts *scratch = NULL;
+    if (!acts) { if (!(scratch = ds4_acts_create(c, n, 1, 0))) return -1; }
+    else if (acts->n_cap < n) { ds4_set_error("forward: activations hold %d tokens, batch has %d", acts->n_cap, n); return -1; }
+    int *pos = ds4_malloc(sizeof(int) * (size_t)n);
+    if (!pos) { ds4_acts_free(scratch); return -1; }
+    for (int i = 0; i < n; i++)
+        pos[i] = (i > 0 && b->seq[i] == b->seq[i - 1]) ? pos[i - 1] + 1 : kv->next_pos[b->seq[i]];
+
+    /* x [n, D]: the residual stream, carried in the next layer's x_in */
+    float *x = acts ? acts->l[0].x_in : scratch->l[0].x_in;
+    for (int i = 0; i < n; i++) memcpy(x + (size_t)i * D, m->w.embed + (size_t)b->tokens[i] * D, sizeof(float) * D);
+
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const ds4_layer *W = &m->w.layers[l];
+        ds4_layer_acts *A = acts ? &acts->l[l] : &scratch->l[0];
+        if (A->x_in != x) memcpy(A->x_in, x, sizeof(float) * (size_t)n * D);
+        ds4_rmsnorm(A->xn1, A->rstd1, A->x_in, W->input_layernorm, n, D, c->rms_norm_eps);
+        ds4_matmul(A->q, A->xn1, W->q_proj, n, D, Q, 0);
+        ds4_matmul(A->kn, A->xn1, W->k_proj, n, D, KD, 0);
+        ds4_matmul(A->vn, A->xn1, W->v_proj, n, D, KD, 0);
+        ds4_rope(A->q, pos, n, H, Dh, c->rope_theta);
+        ds4_rope(A->kn, pos, n, K, Dh, c->rope_theta);
+        /* append K/V to the cache, then attend per sequence segment */
+        for (int i = 0; i < n; i++) {
+            const int s = b->seq[i];
+            const size_t row = (size_t)s * kv->capacity + kv->len[l][s]++;
+            memcpy(kv->k[l] + row * KD, A->kn + (size_t)i * KD, sizeof(float) * KD);
+            memcpy(kv->v[l] + row * KD, A->vn + (size_t)i * KD, sizeof(float) * KD);
+            kv->pos[l][row] = pos[i];
+        }
+        for (int i0 = 0; i0 < n;) {
+            const int s = b->seq[i0];
+            int i1 = i0;
+            while (i1 < n && b->seq[i1] == s) i1++;
+            const size_t base = (size_t)s * kv->capacity;
+            ds4_attn a = {
+                .n_q = i1 - i0, .q = A->q + (size_t)i0 * Q, .qpos = pos + i0,
+                .n_kv = kv->len[l][s], .k = kv->k[l] + base * KD, .v = kv->v[l] + base * KD,
+                .kpos = kv->pos[l] + base, .n_heads = H, .n_kv_heads = K, .head_dim = Dh,
+                .window = c->sliding_window, .sinks = W->sinks, .sel = NULL, .sel_k = 0,
+            };
+            ds4_attention_forward(&a, A->att + (size_t)i0 * Q, A->lse + (size_t)i0 * H);
+            i0 = i1;
+        }
+        memcpy(A->x_mid, A->x_in, sizeof(float) * (size_t)n * D);
+        ds4_matmul(A->x_mid, A->att, W->o_proj, n, Q, D, 1);
+        ds4_rmsnorm(A->xn2, A->rstd2, A->x_mid, W->post_attention_layernorm, n, D, c->rms_norm_eps);
+        if (!ds4_layer_is_moe(c, l))
+            swiglu_ffn(A->ffn, A->xn2, W->gate_proj, W->up_proj, W->down_proj, A->g, A->u, A->h, n, D,
+                       c->intermediate_size, 0);
+        else
+            moe_ffn(c, W, A, A->xn2, n);
+        float *next = (acts && l + 1 < c->num_hidden_layers) ? acts->l[l + 1].x_in
+                    : acts ? acts->x_out : A->x_in;
+        for (size_t i = 0; i < (size_t)n * D; i++) next[i] = A->x_mid[i] + A->ffn[i];
+        x = next;
+    }
+    for (int i = 0; i < n; i++) kv->next_pos[b->seq[i]] = pos[i] + 1;
+
+    if (acts) {
+        ds4_rmsnorm(acts->xnf, acts->rstdf, acts->x_out, m->w.norm, n, D, c->rms_norm_eps);
+        if (acts->logits) ds4_matmul(acts->logits, acts->xnf, m->w.lm_head, n, D, V, 0);
+    } else {
+        if (!out_rows) n_out = n;
+        float *xs = scratch->l[0].xn1;       /* reuse: [n_out, D] selected rows, normed */
+        for (int j = 0; j < n_out; j++) {
+            const int r = out_rows ? out_rows[j] : j;
+            ds4_rmsnorm(xs + (size_t)j * D, NULL, x + (size_t)r * D, m->w.norm, 1, D, c->rms_norm_eps);
+        }
+        ds4_matmul(logits, xs, m->w.lm_head, n_out, D, V, 0);
+    }
+    free(pos);
+    ds4_acts_free(scratch);
+    return 0;
+}
+
+int ds4_forward(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
+                const int *out_rows, int n_out, float *logits) {
+    if (out_rows)
+        for (int j = 0; j < n_out; j++)
+            if (out_rows[j] < 0 || out_rows[j] >= b->n) {
+                ds4_set_error("forward: output row %d outside the batch of %d", out_rows[j], b->n);
+                return -1;
+            }
+    return ds4_forward_impl(m, b, kv, NULL, out_rows, n_out, logits);
+}
+
+int ds4_forward_logits(const ds4_model *m, const int *ids, int T, float *logits) {
+    if (T <= 0) { ds4_set_error("forward: no tokens"); return -1; }
+    ds4_kv_cache *kv = ds4_kv_cache_create(&m->cfg, 1, T);
+    if (!kv) return -1;
+    int *seq = ds4_calloc((size_t)T, sizeof(int));
+    if (!seq) { ds4_kv_cache_free(kv); return -1; }
+    ds4_batch b = {.n = T, .tokens = ids, .seq = seq};
+    int rc = ds4_forward(m, &b, kv, NULL, T, logits);
+    free(seq);
+    ds4_kv_cache_free(kv);
+    return rc;
+}

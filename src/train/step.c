@@ -1,0 +1,75 @@
+/* step.c — one training micro-batch: forward with saved activations, softmax
+ * cross-entropy, backward into the gradient buffer; and forward-only loss. */
+#include <math.h>
+#include <stdlib.h>
+#include "kernels/kernels.h"
+#include "model/acts.h"
+#include "model/forward.h"
+#include "train/train.h"
+#include "util/util.h"
+
+struct ds4_train_ctx {
+    int B, T;
+    ds4_acts *acts;
+    ds4_kv_cache *kv;
+    int *tokens, *seq, *targets;     /* [B*T] */
+};
+
+ds4_train_ctx *ds4_train_ctx_create(const ds4_model *m, int B, int T) {
+    ds4_train_ctx *t = ds4_calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->B = B;
+    t->T = T;
+    const int n = B * T;
+    t->acts = ds4_acts_create(&m->cfg, n, m->cfg.num_hidden_layers, 1);
+    t->kv = ds4_kv_cache_create(&m->cfg, B, T);
+    t->tokens = ds4_calloc((size_t)n, sizeof(int));
+    t->seq = ds4_calloc((size_t)n, sizeof(int));
+    t->targets = ds4_calloc((size_t)n, sizeof(int));
+    if (!t->acts || !t->kv || !t->tokens || !t->seq || !t->targets) { ds4_train_ctx_free(t); return NULL; }
+    for (int i = 0; i < n; i++) t->seq[i] = i / T;
+    return t;
+}
+
+void ds4_train_ctx_free(ds4_train_ctx *t) {
+    if (!t) return;
+    ds4_acts_free(t->acts);
+    ds4_kv_cache_free(t->kv);
+    free(t->tokens); free(t->seq); free(t->targets);
+    free(t);
+}
+
+static int run_forward(ds4_train_ctx *t, const ds4_model *m, const int *ids, ds4_batch *b) {
+    const int B = t->B, T = t->T;
+    for (int s = 0; s < B; s++) {
+        ds4_kv_cache_reset_seq(t->kv, s);
+        for (int i = 0; i < T; i++) {
+            t->tokens[s * T + i] = ids[s * (T + 1) + i];
+            t->targets[s * T + i] = ids[s * (T + 1) + i + 1];
+        }
+    }
+    for (int i = 0; i < B * T; i++)
+        if (t->targets[i] < 0 || t->targets[i] >= m->cfg.vocab_size) {
+            ds4_set_error("training data: token id %d outside the vocabulary of %d", t->targets[i], m->cfg.vocab_size);
+            return -1;
+        }
+    *b = (ds4_batch){.n = B * T, .tokens = t->tokens, .seq = t->seq};
+    return ds4_forward_impl(m, b, t->kv, t->acts, NULL, 0, NULL);
+}
+
+double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, float *grads,
+                          float loss_scale) {
+    ds4_batch b;
+    if (run_forward(t, m, ids, &b) != 0) return NAN;
+    const int n = b.n;
+    float *lg = t->acts->logits;          /* [n, V]: becomes dlogits in place */
+    double loss = ds4_softmax_xent(lg, lg, t->targets, n, m->cfg.vocab_size, loss_scale / (float)n);
+    if (ds4_backward(m, &b, t->kv, t->acts, lg, grads) != 0) return NAN;
+    return loss / n;
+}
+
+double ds4_train_ctx_loss(ds4_train_ctx *t, const ds4_model *m, const int *ids) {
+    ds4_batch b;
+    if (run_forward(t, m, ids, &b) != 0) return NAN;
+    return ds4_softmax_xent(NULL, t->acts->logits, t->targets, b.n, m->cfg.vocab_size, 1.0f) / b.n;
+}

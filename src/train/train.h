@@ -1,0 +1,62 @@
+/* train.h — training: AdamW with warmup + cosine schedule and global-norm
+ * clipping, the training loop with gradient accumulation, validation, JSONL
+ * logging, and atomic checkpoints that resume bit-for-bit. */
+#ifndef DS4_TRAIN_H
+#define DS4_TRAIN_H
+
+#include <stdint.h>
+#include "ds4.h"
+#include "model/model.h"
+
+typedef struct ds4_train_opts {
+    const char *config_path;     /* config.json for a new run (NULL with resume) */
+    const char *tokenizer_path;  /* tokenizer.json copied into the checkpoint */
+    const char *data_path;       /* token shard */
+    const char *val_path;        /* token shard or NULL */
+    const char *out_dir;         /* checkpoint directory */
+    const char *log_path;        /* JSON Lines log (default OUT/train_log.jsonl) */
+    int    resume;               /* continue from out_dir */
+    long   steps;                /* total optimizer steps */
+    int    batch, seq;           /* micro-batch B sequences of T tokens */
+    int    accum;                /* micro-batches per optimizer step */
+    float  lr, min_lr_frac;      /* peak lr; final lr = lr * min_lr_frac */
+    long   warmup;               /* warmup steps */
+    float  weight_decay, beta1, beta2, eps, grad_clip;
+    uint64_t seed;
+    long   eval_every, eval_batches, save_every;
+    int    quiet;                /* no live progress line */
+} ds4_train_opts;
+
+void ds4_train_opts_defaults(ds4_train_opts *o);
+/* Runs (or resumes) training; returns 0 on success. Progress on stderr. */
+int  ds4_train_run(const ds4_train_opts *o);
+
+/* ---- pieces, exposed for tests and benchmarks ---------------------------- */
+
+typedef struct ds4_adamw {
+    float  lr, beta1, beta2, eps, weight_decay;
+    long   t;                    /* steps taken */
+    float *m, *v;                /* [layout.n_floats] */
+} ds4_adamw;
+
+int   ds4_adamw_init(ds4_adamw *o, const ds4_model *m);
+void  ds4_adamw_free(ds4_adamw *o);
+/* One update of the trainable tensors with lr; grads unchanged. */
+void  ds4_adamw_step(ds4_adamw *o, ds4_model *m, const float *grads, float lr);
+float ds4_lr_schedule(long step, long total, long warmup, float lr, float min_frac);
+/* Scale grads so their global L2 norm is at most max_norm (0: no clip).
+ * Returns the norm before clipping. */
+float ds4_clip_grad_norm(const ds4_model *m, float *grads, float max_norm);
+
+/* One forward+backward of a batch of B sequences of T+1 tokens each
+ * (inputs ids[b*(T+1) .. +T], targets shifted by one). grads accumulate,
+ * loss scaled by loss_scale. Returns the mean loss of the batch, or NAN on error. */
+typedef struct ds4_train_ctx ds4_train_ctx;
+ds4_train_ctx *ds4_train_ctx_create(const ds4_model *m, int B, int T);
+void  ds4_train_ctx_free(ds4_train_ctx *t);
+double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, float *grads,
+                          float loss_scale);
+/* Forward only: mean loss of a batch (for validation). */
+double ds4_train_ctx_loss(ds4_train_ctx *t, const ds4_model *m, const int *ids);
+
+#endif
