@@ -151,7 +151,9 @@ typedef struct ds4_engine {
     ds4_kv_cache *kv;
     int    n_slots, capacity;        /* slots and tokens per slot */
     int   *slot_used;                /* [n_slots] */
-    int    max_batch_tokens;         /* prefill chunk bound per step, 0 = none */
+    int    max_batch_tokens;         /* tokens per step, 0 = no bound: decode
+                                      * tokens always go in, prompt chunks fill
+                                      * what is left */
     int    bos_id, eos_id;           /* resolved from config, then tokenizer */
     /* per-step scratch, grown as needed */
     int   *b_tokens, *b_seq, *b_rows;
@@ -212,5 +214,10 @@ typedef struct ds4_eval_result {
  * computed in double. */
 int ds4_eval_tokens(const ds4_model *m, const int *ids, size_t n, int T, int batch,
                     ds4_eval_result *r);
+
+/* ---- model directories (load.c) ------------------------------------------
+ * Open DIR/config.json + DIR/model.safetensors, and DIR/tokenizer.json when
+ * tok != NULL, with an error naming the missing file. */
+int ds4_open_model_dir(const char *dir, ds4_model **m, ds4_tokenizer **tok);
 
 #endif
