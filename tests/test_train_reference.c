@@ -45,7 +45,7 @@ static void test_logits_loss_grads(void **state) {
     /* logits through the inference path (KV cache), one sequence at a time */
     const float *ref = need(&st, "logits")->data;
     float *lg = malloc(sizeof(float) * (size_t)T * V);
-    double worst = 0, scale;
+    double worst = 0, scale = 0;
     for (int b = 0; b < B; b++) {
         int x[64];
         for (int t = 0; t < T; t++) x[t] = ids[b * (T + 1) + t];

@@ -1,9 +1,27 @@
-/* cmd_bench.c — `ds4 bench`. Not implemented yet: it says so and fails. */
+/* cmd_bench.c — `ds4 bench <what>`: dispatch to the benchmark functions. */
 #include <stdio.h>
+#include <string.h>
+#include "cli/bench.h"
 #include "cli/cli.h"
 
+typedef struct { const char *name; int (*fn)(int, char **); const char *summary; } bench_entry;
+
+static const bench_entry BENCHES[] = {
+    {"train",  bench_train,  "training tokens/s and GFLOP/s vs OpenBLAS sgemm (and PyTorch with --torch)"},
+    {"decode", bench_decode, "batch-1 fp32 decode tokens/s vs the memory-bandwidth bound"},
+};
+
+static void help(void) {
+    printf("usage: ds4 bench <what> [options]   (ds4 bench <what> --help)\n\n");
+    for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
+        printf("  %-8s %s\n", BENCHES[i].name, BENCHES[i].summary);
+    printf("\nNot implemented yet: moe, prune, world, serve, quant.\n");
+}
+
 int cmd_bench(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "ds4 bench: not implemented yet\n");
-    return 1;
+    if (argc < 2 || cli_is_help(argv[1])) { help(); return argc < 2 ? 2 : 0; }
+    for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
+        if (!strcmp(argv[1], BENCHES[i].name)) return BENCHES[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "ds4 bench: '%s' is not implemented (available: train, decode)\n", argv[1]);
+    return 2;
 }

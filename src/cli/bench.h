@@ -1,0 +1,13 @@
+/* bench.h — `ds4 bench <what>`: each benchmark is one function, prints a
+ * readable table and one JSON line of ratios measured in the same run. */
+#ifndef DS4_BENCH_H
+#define DS4_BENCH_H
+
+#include "ds4.h"
+
+int bench_train(int argc, char **argv);
+int bench_decode(int argc, char **argv);
+/* The dense 17.3M model of SPEC §4 (V 4096, D 384, L 8, FFN 1024, 6 heads). */
+void bench_preset_17m(ds4_config *c);
+
+#endif

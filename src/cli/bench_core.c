@@ -1,0 +1,185 @@
+/* bench_core.c — `ds4 bench train` and `ds4 bench decode`: the engine-core
+ * benchmarks, each measured against the machine's limit in the same run. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cli/bench.h"
+#include "cli/cli.h"
+#include "model/cost.h"
+#include "model/forward.h"
+#include "train/measure.h"
+#include "train/train.h"
+#include "util/util.h"
+
+void bench_preset_17m(ds4_config *c) {
+    ds4_config_defaults(c);
+    c->vocab_size = 4096;
+    c->hidden_size = 384;
+    c->intermediate_size = 1024;
+    c->num_hidden_layers = 8;
+    c->num_attention_heads = 6;
+    c->num_key_value_heads = 6;
+    c->head_dim = 64;
+    c->max_position_embeddings = 1024;
+    c->first_k_dense_replace = 8;
+    c->tie_word_embeddings = 0;
+}
+
+static int load_cfg(const char *cmd, const char *path, ds4_config *c) {
+    if (!path) { bench_preset_17m(c); return 0; }
+    if (ds4_config_load(c, path) != 0) { cli_fail(cmd); return -1; }
+    return 0;
+}
+
+int bench_train(int argc, char **argv) {
+    const char *cfg_path = NULL;
+    long steps = 4, B = 8, T = 256;
+    double price = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (cli_is_help(a)) {
+            printf("usage: ds4 bench train [--config F] [--steps N] [--batch B] [--seq T] [--price-per-hour X]\n"
+                   "Times forward+backward+AdamW steps on random tokens (default: the dense 17.3M model of\n"
+                   "SPEC §4, B 8 x T 256) and compares achieved GFLOP/s with OpenBLAS sgemm measured now.\n"
+                   "PyTorch peer: /usr/bin/python3 bench/torch_train.py (same config and threads).\n");
+            return 0;
+        }
+        if (!(v = cli_value(argc, argv, &i))) return 2;
+        if (!strcmp(a, "--config")) cfg_path = v;
+        else if (!strcmp(a, "--steps")) { if (cli_int("bench train", a, v, 1, 100000, &steps)) return 2; }
+        else if (!strcmp(a, "--batch")) { if (cli_int("bench train", a, v, 1, 4096, &B)) return 2; }
+        else if (!strcmp(a, "--seq")) { if (cli_int("bench train", a, v, 1, 1 << 20, &T)) return 2; }
+        else if (!strcmp(a, "--price-per-hour")) { if (cli_float("bench train", a, v, &price)) return 2; }
+        else return cli_unknown("bench train", a);
+    }
+    ds4_config c;
+    if (load_cfg("bench train", cfg_path, &c) != 0) return 1;
+    ds4_model *m = ds4_model_create(&c, 1);
+    if (!m) return cli_fail("bench train");
+    const int threads = omp_get_max_threads();
+    fprintf(stderr, "measuring sgemm peak...\n");
+    const double peak = ds4_measure_sgemm_gflops(1024, 1024, 1024, 1.0);
+    ds4_train_ctx *ctx = ds4_train_ctx_create(m, (int)B, (int)T);
+    float *grads = ds4_alloc_aligned(m->layout.n_floats * sizeof(float));
+    int *ids = malloc(sizeof(int) * (size_t)B * (T + 1));
+    if (!ctx || !grads || !ids) return cli_fail("bench train");
+    ds4_rng rng;
+    ds4_rng_seed(&rng, 7);
+    for (long i = 0; i < B * (T + 1); i++) ids[i] = (int)(ds4_rng_u64(&rng) % (uint64_t)c.vocab_size);
+    ds4_adamw opt = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    if (ds4_adamw_init(&opt, m) != 0) return cli_fail("bench train");
+    double best = 1e30, total = 0;
+    for (long s = 0; s <= steps; s++) {      /* step 0 is warm-up */
+        double t0 = ds4_time_s();
+        memset(grads, 0, m->layout.n_floats * sizeof(float));
+        if (isnan(ds4_train_ctx_step(ctx, m, ids, grads, 1.0f))) return cli_fail("bench train");
+        ds4_clip_grad_norm(m, grads, 1.0f);
+        ds4_adamw_step(&opt, m, grads, 1e-4f);
+        double dt = ds4_time_s() - t0;
+        if (s > 0) { total += dt; if (dt < best) best = dt; }
+    }
+    ds4_cost cost;
+    ds4_cost_per_token(&c, (T + 1) / 2.0, &cost);
+    const double tok = (double)B * T, mean = total / steps;
+    const double tps = tok / mean, gflops = 3.0 * cost.total * tok / mean / 1e9;
+    printf("ds4 bench train (%d threads)\n", threads);
+    printf("  model              %.1fM params (V %d, D %d, L %d, FFN %d)\n", ds4_model_n_params(m) / 1e6,
+           c.vocab_size, c.hidden_size, c.num_hidden_layers, c.intermediate_size);
+    printf("  batch              %ld x %ld tokens\n", B, T);
+    printf("  step time          %.3f s mean, %.3f s best (%ld steps)\n", mean, best, steps);
+    printf("  tokens/s           %.0f\n", tps);
+    printf("  achieved GFLOP/s   %.1f (3 x forward FLOPs, %.1f MFLOP/token)\n", gflops, 3 * cost.total / 1e6);
+    printf("  sgemm GFLOP/s      %.1f (OpenBLAS 1024^3, same run)\n", peak);
+    printf("  fraction of sgemm  %.1f%%  (target >= 50%%)\n", 100 * gflops / peak);
+    printf("  PyTorch peer (SPEC §4, 2 threads): 469 tok/s -> ratio %.2fx (run bench/torch_train.py to remeasure)\n", tps / 469.0);
+    if (price > 0) printf("  cost               $%.4f per 1M tokens at $%.3f/h\n", price / (3600 * tps) * 1e6, price);
+    printf("{\"bench\":\"train\",\"threads\":%d,\"params\":%zu,\"batch\":%ld,\"seq\":%ld,\"tokens_per_s\":%.1f,"
+           "\"gflops\":%.2f,\"sgemm_gflops\":%.2f,\"fraction_of_sgemm\":%.4f,\"step_s\":%.4f}\n",
+           threads, ds4_model_n_params(m), B, T, tps, gflops, peak, gflops / peak, mean);
+    ds4_adamw_free(&opt);
+    free(ids); free(grads);
+    ds4_train_ctx_free(ctx);
+    ds4_model_free(m);
+    return 0;
+}
+
+int bench_decode(int argc, char **argv) {
+    const char *cfg_path = NULL, *model_dir = NULL;
+    long n = 128, prompt = 16;
+    double price = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (cli_is_help(a)) {
+            printf("usage: ds4 bench decode [--model DIR | --config F] [-n N] [--prompt-len P] [--price-per-hour X]\n"
+                   "Batch-1 fp32 decode of N tokens after a P-token prefill (default: random weights of the\n"
+                   "dense 17.3M model of SPEC §4). The bound is (weight + KV bytes read per token) /\n"
+                   "memory read bandwidth, both measured in this run.\n");
+            return 0;
+        }
+        if (!(v = cli_value(argc, argv, &i))) return 2;
+        if (!strcmp(a, "--config")) cfg_path = v;
+        else if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "-n")) { if (cli_int("bench decode", a, v, 1, 1 << 20, &n)) return 2; }
+        else if (!strcmp(a, "--prompt-len")) { if (cli_int("bench decode", a, v, 1, 1 << 20, &prompt)) return 2; }
+        else if (!strcmp(a, "--price-per-hour")) { if (cli_float("bench decode", a, v, &price)) return 2; }
+        else return cli_unknown("bench decode", a);
+    }
+    ds4_model *m;
+    if (model_dir) m = ds4_model_load(model_dir);
+    else {
+        ds4_config c;
+        if (load_cfg("bench decode", cfg_path, &c) != 0) return 1;
+        m = ds4_model_create(&c, 1);
+    }
+    if (!m) return cli_fail("bench decode");
+    const ds4_config *c = &m->cfg;
+    const int cap = (int)(prompt + n);
+    if (cap > c->max_position_embeddings) {
+        fprintf(stderr, "ds4 bench decode: prompt + n = %d exceeds max_position_embeddings %d\n", cap,
+                c->max_position_embeddings);
+        return 2;
+    }
+    fprintf(stderr, "measuring memory read bandwidth...\n");
+    const double bw = ds4_measure_read_bandwidth((size_t)512 << 20, 1.0);
+    ds4_kv_cache *kv = ds4_kv_cache_create(c, 1, cap);
+    float *logits = malloc(sizeof(float) * c->vocab_size);
+    int *ids = malloc(sizeof(int) * (size_t)prompt), *seq = calloc((size_t)prompt, sizeof(int));
+    if (!kv || !logits || !ids || !seq) return cli_fail("bench decode");
+    for (long i = 0; i < prompt; i++) ids[i] = (int)(i * 7 % c->vocab_size);
+    ds4_batch b = {.n = (int)prompt, .tokens = ids, .seq = seq};
+    int last = (int)prompt - 1;
+    double t0 = ds4_time_s();
+    if (ds4_forward(m, &b, kv, &last, 1, logits) != 0) return cli_fail("bench decode");
+    const double t_prefill = ds4_time_s() - t0;
+    int tok = 1, zero = 0;
+    t0 = ds4_time_s();
+    for (long i = 0; i < n; i++) {
+        ds4_batch d = {.n = 1, .tokens = &tok, .seq = &zero};
+        if (ds4_forward(m, &d, kv, NULL, 1, logits) != 0) return cli_fail("bench decode");
+        int best = 0;
+        for (int v = 1; v < c->vocab_size; v++) if (logits[v] > logits[best]) best = v;
+        tok = best;
+    }
+    const double t_dec = ds4_time_s() - t0, tps = n / t_dec;
+    ds4_cost cost;
+    ds4_cost_per_token(c, prompt + n / 2.0, &cost);
+    const double bytes = cost.weight_bytes + cost.kv_bytes * (prompt + n / 2.0);
+    const double bound = bw * 1e9 / bytes;
+    printf("ds4 bench decode (batch 1, fp32, %d threads)\n", omp_get_max_threads());
+    printf("  model              %.1fM params, %.1f MB read per token\n", ds4_model_n_params(m) / 1e6, bytes / 1e6);
+    printf("  prefill            %ld tokens in %.3f s (%.0f tok/s)\n", prompt, t_prefill, prompt / t_prefill);
+    printf("  decode             %ld tokens, %.1f tok/s\n", n, tps);
+    printf("  read bandwidth     %.1f GB/s (measured now)\n", bw);
+    printf("  bandwidth bound    %.1f tok/s\n", bound);
+    printf("  fraction of bound  %.1f%%  (target >= 70%%)\n", 100 * tps / bound);
+    if (price > 0) printf("  cost               $%.4f per 1M tokens at $%.3f/h\n", price / (3600 * tps) * 1e6, price);
+    printf("{\"bench\":\"decode\",\"threads\":%d,\"params\":%zu,\"tokens_per_s\":%.2f,\"prefill_tokens_per_s\":%.1f,"
+           "\"bytes_per_token\":%.0f,\"bandwidth_gbs\":%.2f,\"bound_tokens_per_s\":%.2f,\"fraction_of_bound\":%.4f}\n",
+           omp_get_max_threads(), ds4_model_n_params(m), tps, prompt / t_prefill, bytes, bw, bound, tps / bound);
+    free(ids); free(seq); free(logits);
+    ds4_kv_cache_free(kv);
+    ds4_model_free(m);
+    return 0;
+}
