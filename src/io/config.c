@@ -11,7 +11,8 @@
  *   moe_intermediate_size      256         per-expert SwiGLU width
  *   num_hidden_layers          4           <= DS4_MAX_LAYERS (64)
  *   num_attention_heads        4
- *   num_key_value_heads        4           must divide num_attention_heads
+ *   num_key_value_heads        derived     num_attention_heads when absent (as in HF
+ *                                          Llama; 4 with the default heads); must divide it
  *   head_dim                   derived     hidden_size / num_attention_heads when absent
  *   max_position_embeddings    1024
  *   rope_theta                 10000
@@ -294,7 +295,7 @@ int ds4_config_parse(ds4_config *c, const char *json_text, const char *origin) {
         return -1;
     }
     int rc = -1;
-    int has_head_dim = 0, has_first_k = 0, has_offset = 0;
+    int has_head_dim = 0, has_first_k = 0, has_kv = 0, has_offset = 0;
     int n_layers_list = -1, n_ratio_list = -1;
     if (!cJSON_IsObject(root)) {
         ds4_set_error("%s: config must be a JSON object, got %s", origin, json_kind(root));
@@ -314,6 +315,7 @@ int ds4_config_parse(ds4_config *c, const char *json_text, const char *origin) {
             if (get_int(origin, key, f, (int *)field) != 0) goto done;
             if (strcmp(key, "head_dim") == 0) has_head_dim = 1;
             if (strcmp(key, "first_k_dense_replace") == 0) has_first_k = 1;
+            if (strcmp(key, "num_key_value_heads") == 0) has_kv = 1;
             break;
         case K_TOKEN:
             if (get_int(origin, key, f, (int *)field) != 0) goto done;
@@ -377,6 +379,7 @@ int ds4_config_parse(ds4_config *c, const char *json_text, const char *origin) {
         c->n_prune_layers = n_layers_list;
     }
     /* derived defaults, only for keys that were absent */
+    if (!has_kv) c->num_key_value_heads = c->num_attention_heads;
     if (!has_head_dim)
         c->head_dim = c->num_attention_heads > 0 ? c->hidden_size / c->num_attention_heads : 0;
     if (!has_first_k)
