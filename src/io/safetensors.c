@@ -1,6 +1,12 @@
 /* safetensors.c — read (mmap, every field validated, never trusting the file)
  * and write (atomic, header padded so data starts 8-byte aligned) the
- * safetensors format: u64 LE header length N, N bytes of JSON, raw data. */
+ * safetensors format: u64 LE header length N, N bytes of JSON, raw data.
+ * Lenient where harmless: gaps between tensors and unused trailing data are
+ * accepted (the HF reader rejects them; our writer never produces them).
+ * Alignment: the data area starts 8-byte aligned in files we write and
+ * tensors are contiguous in the given order, so a tensor's data pointer is
+ * aligned only if the tensors before it have sizes that keep it so (all-F32
+ * files: always). Readers of foreign files should memcpy or check. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
