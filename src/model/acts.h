@@ -36,6 +36,7 @@ typedef struct ds4_acts {
     float *x_out;                            /* [n, D] final residual stream */
     float *xnf, *rstdf;                      /* [n, D], [n] final norm */
     float *logits;                           /* [n, V] (training; may be NULL in inference) */
+    void  *bw;                               /* backward scratch, allocated on first use */
 } ds4_acts;
 
 /* Allocate buffers for n tokens; n_layers = L for training (every layer
@@ -54,7 +55,8 @@ int ds4_forward_impl(const ds4_model *m, const struct ds4_batch *b, struct ds4_k
 /* Backward of ds4_forward_impl for a training batch (every sequence's cache
  * slot was empty before the forward). dlogits [n, V]; grads: a buffer with the
  * model's layout, ACCUMULATED into. */
+void ds4_backward_scratch_free(void *bw);
 int ds4_backward(const ds4_model *m, const struct ds4_batch *b, const struct ds4_kv_cache *kv,
-                 const ds4_acts *acts, const float *dlogits, float *grads);
+                 ds4_acts *acts, const float *dlogits, float *grads);
 
 #endif

@@ -98,17 +98,28 @@ static void moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, 
     ds4_matmul_backward(dx, G->router, s->drlogits, x, W->router, n, D, E);
 }
 
+void ds4_backward_scratch_free(void *bw) {
+    if (!bw) return;
+    bw_free(bw);
+    free(bw);
+}
+
 int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
-                 const ds4_acts *acts, const float *dlogits, float *grads) {
+                 ds4_acts *acts, const float *dlogits, float *grads) {
     const ds4_config *c = &m->cfg;
     const int n = b->n, D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads;
     const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh, V = c->vocab_size;
     ds4_weights gw;
     ds4_weights_bind(&gw, c, &m->layout, grads);
-    bw_scratch s;
-    if (bw_alloc(&s, c, n) != 0) return -1;
+    if (!acts->bw) {
+        bw_scratch *sc = ds4_malloc(sizeof *sc);
+        if (!sc) return -1;
+        if (bw_alloc(sc, c, acts->n_cap) != 0) { free(sc); return -1; }
+        acts->bw = sc;
+    }
+    bw_scratch s = *(bw_scratch *)acts->bw;
     int *pos = ds4_malloc(sizeof(int) * (size_t)n);
-    if (!pos) { bw_free(&s); return -1; }
+    if (!pos) return -1;
     for (int i = 0; i < n; i++) pos[i] = (i > 0 && b->seq[i] == b->seq[i - 1]) ? pos[i - 1] + 1 : 0;
 
     /* lm_head and final norm */
@@ -143,7 +154,7 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
             while (i1 < n && b->seq[i1] == sq) i1++;
             if (kv->len[l][sq] != i1 - i0) {
                 ds4_set_error("backward: sequence %d did not start from an empty cache", sq);
-                free(pos); bw_free(&s);
+                free(pos);
                 return -1;
             }
             const size_t base = (size_t)sq * kv->capacity;
@@ -173,6 +184,5 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
         for (int j = 0; j < D; j++) g[j] += d[j];
     }
     free(pos);
-    bw_free(&s);
     return 0;
 }

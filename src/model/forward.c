@@ -113,6 +113,7 @@ void ds4_acts_free(ds4_acts *a) {
         for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
     }
     free(a->x_out); free(a->xnf); free(a->rstdf); free(a->logits);
+    ds4_backward_scratch_free(a->bw);
     free(a);
 }
 
