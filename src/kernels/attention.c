@@ -1,0 +1,715 @@
+/* attention.c — causal attention with online softmax (flash-attention style):
+ * dense tiled, sliding window, indexed sparse (sel lists), GQA, per-head sinks.
+ * Memory O(n_q + n_kv): scores exist only as [rows, 64] tiles per thread. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "kernels/tile.h"
+#include "util/util.h"
+
+/* How it is organised.
+ * - A "row" is one (query i, head h) pair. A row tile holds bq queries times
+ *   all G = H/K heads that share one kv head g, so every key row loaded for
+ *   the tile serves all of them (GQA), R = bq*G <= ~64 rows.
+ * - Scores are kept in base 2: q is pre-scaled by log2(e)/sqrt(Dh) so the
+ *   softmax uses exp2; lse is returned in natural log.
+ * - Keys visible to query i form one index range [lo[i], hi[i]) because kpos
+ *   is increasing; tiles inside every row's range skip masking entirely.
+ * - Forward jobs are (row tile, kv head, key split). Decode (few row tiles)
+ *   splits the keys across threads; partial (max, sum, acc) are merged.
+ * - Backward (flash-attention-2) recomputes P from lse and runs two passes so
+ *   that every output has one owner: pass 1 over key tiles writes dk, dv;
+ *   pass 2 over row tiles writes dq. No atomics, results independent of the
+ *   thread count and of scheduling. */
+
+#define BK 64            /* keys per tile */
+#define RMAX 64          /* target rows (query x head) per tile */
+#define SPLIT_MIN 256    /* fewest keys worth a separate decode split */
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+typedef struct geom {
+    const ds4_attn *a;
+    int H, K, G, Dh;
+    size_t qs, ks;        /* row strides of q/out and k/v: H*Dh, K*Dh */
+    float c;              /* log2(e) / sqrt(Dh) */
+    int bq, nqt;          /* queries per row tile, number of row tiles */
+    int *lo, *hi;         /* [n_q] visible key index range of each query */
+    int *tlo, *thi;       /* [nqt] union of the ranges of a tile's queries */
+    int *tlo_max, *thi_min; /* [nqt] intersection: keys visible to all of them */
+} geom;
+
+/* Per-thread scratch, sized for R rows of the largest tile. */
+typedef struct scratch {
+    float *Qt;            /* [R, Dh] scaled query rows */
+    float *dOt;           /* [R, Dh] dout rows (backward) */
+    float *O;             /* [R, Dh] forward accumulator / backward dq */
+    float *KT, *VT;       /* [Dh, BK] transposed key / value tiles */
+    float *S, *dP;        /* [R, BK] scores, probabilities, dS */
+    float *X, *Y;         /* [BK, Dh] gathered V rows / backward dK, dV */
+    float *m, *l;         /* [R] running max (log2 units), running sum */
+    float *lse2, *D;      /* [R] backward: lse in log2 units, rowsum(dout*out) */
+    int *rlo, *rhi;       /* [R] visible range of the row's query */
+    int *list;            /* [sel_k] cleaned sel list */
+    const float **rows;   /* [BK] key/value row pointers of a tile */
+    void *mem;
+} scratch;
+
+/* Number of keys with kpos <= p (kpos strictly increasing). */
+static int upper_bound(const int *kpos, int n, long p) {
+    int a = 0, b = n;
+    while (a < b) {
+        int mid = a + (b - a) / 2;
+        if ((long)kpos[mid] <= p) a = mid + 1; else b = mid;
+    }
+    return a;
+}
+
+static void geom_free(geom *g) {
+    free(g->lo);
+    free(g->tlo);
+}
+
+static int geom_init(geom *g, const ds4_attn *a) {
+    memset(g, 0, sizeof(*g));
+    if (a->n_kv_heads <= 0 || a->n_heads % a->n_kv_heads != 0 || a->head_dim <= 0 || a->n_kv < 0 ||
+        (a->sel && a->sel_k < 0)) {
+        ds4_set_error("attention: bad shape H=%d K=%d Dh=%d n_kv=%d sel_k=%d (need H %% K == 0)",
+                      a->n_heads, a->n_kv_heads, a->head_dim, a->n_kv, a->sel_k);
+        return -1;
+    }
+    g->a = a;
+    g->H = a->n_heads; g->K = a->n_kv_heads; g->Dh = a->head_dim;
+    g->G = g->H / g->K;
+    g->qs = (size_t)g->H * g->Dh;
+    g->ks = (size_t)g->K * g->Dh;
+    g->c = LOG2E / sqrtf((float)g->Dh);
+    g->bq = a->sel ? 1 : DS4_MAX(1, RMAX / g->G);
+    g->nqt = (a->n_q + g->bq - 1) / g->bq;
+    g->lo = ds4_malloc(2 * (size_t)DS4_MAX(a->n_q, 1) * sizeof(int));
+    g->tlo = ds4_malloc(4 * (size_t)DS4_MAX(g->nqt, 1) * sizeof(int));
+    if (!g->lo || !g->tlo) {
+        geom_free(g);
+        ds4_set_error("attention: out of memory for %d query ranges", a->n_q);
+        return -1;
+    }
+    g->hi = g->lo + a->n_q;
+    g->thi = g->tlo + g->nqt;
+    g->tlo_max = g->thi + g->nqt;
+    g->thi_min = g->tlo_max + g->nqt;
+    for (int i = 0; i < a->n_q; i++) {
+        long p = a->qpos[i];
+        g->hi[i] = upper_bound(a->kpos, a->n_kv, p);
+        g->lo[i] = a->window > 0 ? upper_bound(a->kpos, a->n_kv, p - a->window) : 0;
+        if (g->lo[i] > g->hi[i]) g->lo[i] = g->hi[i];
+    }
+    for (int t = 0; t < g->nqt; t++) {
+        int i0 = t * g->bq, i1 = DS4_MIN(a->n_q, i0 + g->bq);
+        g->tlo[t] = g->tlo_max[t] = g->lo[i0];
+        g->thi[t] = g->thi_min[t] = g->hi[i0];
+        for (int i = i0 + 1; i < i1; i++) {
+            g->tlo[t] = DS4_MIN(g->tlo[t], g->lo[i]);
+            g->tlo_max[t] = DS4_MAX(g->tlo_max[t], g->lo[i]);
+            g->thi[t] = DS4_MAX(g->thi[t], g->hi[i]);
+            g->thi_min[t] = DS4_MIN(g->thi_min[t], g->hi[i]);
+        }
+        if (g->tlo[t] >= g->thi[t]) g->tlo[t] = g->thi[t] = 0;  /* nothing visible */
+    }
+    return 0;
+}
+
+static void scratch_free(scratch *s, int n) {
+    if (!s) return;
+    for (int t = 0; t < n; t++) free(s[t].mem);
+    free(s);
+}
+
+/* One scratch per thread, allocated up front so that a failure is reported
+ * before any work starts. */
+static scratch *scratch_alloc(const geom *g, int nth) {
+    int R = g->bq * g->G, Dh = g->Dh, RB = DS4_MAX(R, BK);
+    int selk = g->a->sel ? DS4_MAX(g->a->sel_k, 1) : 1;
+    size_t nf = 3 * (size_t)RB * Dh + 2 * (size_t)Dh * BK + 2 * (size_t)RB * BK +
+                2 * (size_t)BK * Dh + 4 * (size_t)RB;
+    nf = (nf + 15) & ~(size_t)15;   /* keep the pointer array below 64-byte aligned */
+    size_t bytes = nf * sizeof(float) + BK * sizeof(float *) + (2 * (size_t)RB + selk) * sizeof(int);
+    scratch *s = calloc((size_t)nth, sizeof(scratch));
+    if (!s) {
+        ds4_set_error("attention: out of memory for thread scratch");
+        return NULL;
+    }
+    for (int t = 0; t < nth; t++) {
+        float *f = ds4_alloc_aligned(bytes);
+        if (!f) {
+            scratch_free(s, nth);
+            ds4_set_error("attention: out of memory for %zu bytes of tile scratch", bytes);
+            return NULL;
+        }
+        s[t].mem = f;
+        s[t].Qt = f; f += (size_t)RB * Dh;
+        s[t].dOt = f; f += (size_t)RB * Dh;
+        s[t].O = f; f += (size_t)RB * Dh;
+        s[t].KT = f; f += (size_t)Dh * BK;
+        s[t].VT = f; f += (size_t)Dh * BK;
+        s[t].S = f; f += (size_t)RB * BK;
+        s[t].dP = f; f += (size_t)RB * BK;
+        s[t].X = f; f += (size_t)BK * Dh;
+        s[t].Y = f; f += (size_t)BK * Dh;
+        s[t].m = f; f += RB;
+        s[t].l = f; f += RB;
+        s[t].lse2 = f; f += RB;
+        s[t].D = f; f += RB;
+        const float **rows = (const float **)(void *)((float *)s[t].mem + nf);
+        s[t].rows = rows;
+        int *ip = (int *)(void *)(rows + BK);
+        s[t].rlo = ip; ip += RB;
+        s[t].rhi = ip; ip += RB;
+        s[t].list = ip;
+    }
+    return s;
+}
+
+/* Row tile (t, kv head g): number of rows and, per row, its query and head. */
+static int tile_rows(const geom *g, int t) {
+    int i0 = t * g->bq;
+    return (DS4_MIN(g->a->n_q, i0 + g->bq) - i0) * g->G;
+}
+static int row_query(const geom *g, int t, int r) { return t * g->bq + r / g->G; }
+static int row_head(const geom *g, int kvh, int r) { return kvh * g->G + r % g->G; }
+
+/* Copies the tile's query rows scaled by g->c into Qt [R,Dh], and their ranges. */
+static void gather_q(const geom *g, scratch *s, int t, int kvh, int R) {
+    for (int r = 0; r < R; r++) {
+        int i = row_query(g, t, r), h = row_head(g, kvh, r);
+        const float *q = g->a->q + (size_t)i * g->qs + (size_t)h * g->Dh;
+        float *d = s->Qt + (size_t)r * g->Dh;
+        for (int e = 0; e < g->Dh; e++) d[e] = q[e] * g->c;
+        s->rlo[r] = g->lo[i];
+        s->rhi[r] = g->hi[i];
+    }
+}
+
+/* Sorted, deduplicated, visible entries of query i's sel list; returns count. */
+static int cmp_int(const void *x, const void *y) {
+    int a = *(const int *)x, b = *(const int *)y;
+    return (a > b) - (a < b);
+}
+static int clean_sel(const geom *g, int i, int *list) {
+    const int *sel = g->a->sel + (size_t)i * g->a->sel_k;
+    int n = 0, lo = g->lo[i], hi = g->hi[i];
+    for (int e = 0; e < g->a->sel_k; e++)
+        if (sel[e] >= lo && sel[e] < hi) list[n++] = sel[e];
+    qsort(list, (size_t)n, sizeof(int), cmp_int);
+    int u = 0;
+    for (int e = 0; e < n; e++)
+        if (u == 0 || list[e] != list[u - 1]) list[u++] = list[e];
+    return u;
+}
+
+/* Sets masked scores of a [R, BK] tile to -inf: columns >= nk (padding up to
+ * nkp) and, if rlo != NULL, keys j0+jj outside the row's visible range. */
+static void mask_tile(float *S, int R, int nk, int nkp, const int *rlo, const int *rhi, int j0) {
+    for (int r = 0; r < R; r++) {
+        float *row = S + (size_t)r * BK;
+        for (int jj = nk; jj < nkp; jj++) row[jj] = -INFINITY;
+        if (!rlo) continue;
+        int a = DS4_MIN(DS4_MAX(rlo[r] - j0, 0), nk), b = DS4_MIN(DS4_MAX(rhi[r] - j0, 0), nk);
+        if (b < a) b = a;
+        for (int jj = 0; jj < a; jj++) row[jj] = -INFINITY;
+        for (int jj = b; jj < nk; jj++) row[jj] = -INFINITY;
+    }
+}
+
+/* Online-softmax update with one score tile S [R, BK] (log2 units, masked):
+ * S becomes P = exp2(S - m_new), O rows are rescaled, m and l updated. */
+static void online_softmax(scratch *s, int R, int nkp, int Dh) {
+    for (int r = 0; r < R; r++) {
+        float *row = s->S + (size_t)r * BK;
+        float mx = -INFINITY;
+        #pragma omp simd reduction(max : mx)
+        for (int jj = 0; jj < nkp; jj++) mx = row[jj] > mx ? row[jj] : mx;
+        float mold = s->m[r], mnew = mx > mold ? mx : mold;
+        if (mnew == -INFINITY) {           /* nothing visible yet */
+            memset(row, 0, (size_t)nkp * sizeof(float));
+            continue;
+        }
+        float sum = ds4_tile_exp2_sum(row, nkp, mnew);
+        if (mnew != mold) {
+            float alpha = mold == -INFINITY ? 0.0f : exp2f(mold - mnew);
+            float *o = s->O + (size_t)r * Dh;
+            for (int e = 0; e < Dh; e++) o[e] *= alpha;
+            s->l[r] *= alpha;
+            s->m[r] = mnew;
+        }
+        s->l[r] += sum;
+    }
+}
+
+/* Scores of a key tile: transpose the nk key rows into KT, S = Qt @ KT. */
+static void score_tile(const geom *g, scratch *s, int R, int nk, int nkp) {
+    ds4_tile_transpose(s->KT, BK, s->rows, nk, g->Dh);
+    ds4_tile_gemm(s->S, BK, s->Qt, g->Dh, 1, s->KT, BK, R, nkp, g->Dh, 0);
+}
+
+/* Final normalisation of one row with its sink: out = O / L, lse natural. */
+static void finish_row(const geom *g, float m, float l, const float *O, int h, float *out, float *lse) {
+    float sk = g->a->sinks ? g->a->sinks[h] * LOG2E : -INFINITY;
+    float M = m > sk ? m : sk;
+    if (M == -INFINITY) {
+        memset(out, 0, (size_t)g->Dh * sizeof(float));
+        if (lse) *lse = -INFINITY;
+        return;
+    }
+    float wm = m == -INFINITY ? 0.0f : exp2f(m - M);
+    float L = l * wm + (g->a->sinks ? exp2f(sk - M) : 0.0f);
+    float w = wm / L;
+    for (int e = 0; e < g->Dh; e++) out[e] = O[e] * w;
+    if (lse) *lse = (M + log2f(L)) * LN2;
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+/* One forward job: row tile t, kv head kvh, key split sp of nsp. Writes
+ * out/lse directly (nsp == 1) or the partial (O, m, l) into part. */
+static void fwd_job(const geom *g, scratch *s, int t, int kvh, int sp, int nsp,
+                    float *out, float *lse, float *part) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh, R = tile_rows(g, t);
+    gather_q(g, s, t, kvh, R);
+    for (int r = 0; r < R; r++) { s->m[r] = -INFINITY; s->l[r] = 0.0f; }
+    memset(s->O, 0, (size_t)R * Dh * sizeof(float));
+
+    /* The keys this job covers: a range of indices (dense) or of list slots. */
+    int n_list = 0, kl, kh;
+    if (a->sel) {
+        n_list = clean_sel(g, row_query(g, t, 0), s->list);
+        kl = 0; kh = n_list;
+    } else {
+        kl = g->tlo[t]; kh = g->thi[t];
+    }
+    int ntile = (kh - kl + BK - 1) / BK, per = (ntile + nsp - 1) / nsp;
+    int a0 = DS4_MIN(kh, kl + sp * per * BK), a1 = DS4_MIN(kh, a0 + per * BK);
+    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
+    int full_lo = g->tlo_max[t], full_hi = g->thi_min[t];
+
+    for (int j0 = a0; j0 < a1; j0 += BK) {
+        int nk = DS4_MIN(BK, a1 - j0), nkp = (nk + 7) & ~7;
+        const float *vrows;
+        size_t vstride;
+        if (a->sel) {
+            for (int jj = 0; jj < nk; jj++) {
+                int j = s->list[j0 + jj];
+                s->rows[jj] = kb + (size_t)j * g->ks;
+                memcpy(s->X + (size_t)jj * Dh, vb + (size_t)j * g->ks, (size_t)Dh * sizeof(float));
+            }
+            vrows = s->X; vstride = (size_t)Dh;
+        } else {
+            for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
+            vrows = vb + (size_t)j0 * g->ks; vstride = g->ks;
+        }
+        score_tile(g, s, R, nk, nkp);
+        int full = a->sel || (j0 >= full_lo && j0 + nk <= full_hi);
+        mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
+        online_softmax(s, R, nkp, Dh);
+        ds4_tile_gemm(s->O, Dh, s->S, BK, 1, vrows, vstride, R, Dh, nk, 1);
+    }
+
+    for (int r = 0; r < R; r++) {
+        int i = row_query(g, t, r), h = row_head(g, kvh, r);
+        size_t row = (size_t)i * g->H + h;
+        if (nsp == 1) {
+            finish_row(g, s->m[r], s->l[r], s->O + (size_t)r * Dh, h, out + (size_t)i * g->qs + (size_t)h * Dh,
+                       lse ? lse + row : NULL);
+        } else {
+            float *p = part + ((size_t)sp * a->n_q * g->H + row) * (size_t)(Dh + 2);
+            memcpy(p, s->O + (size_t)r * Dh, (size_t)Dh * sizeof(float));
+            p[Dh] = s->m[r];
+            p[Dh + 1] = s->l[r];
+        }
+    }
+}
+
+void ds4_attention_forward(const ds4_attn *a, float *out, float *lse) {
+    if (a->n_q <= 0) return;
+    geom g;
+    if (geom_init(&g, a) != 0) return;
+    int nth = omp_get_max_threads();
+
+    /* Key splits: only when there are too few (row tile, kv head) jobs to keep
+     * every thread busy, as in decode; each split gets >= SPLIT_MIN keys. */
+    int base = g.nqt * g.K, nsp = 1;
+    if (nth > 1 && base < 4 * nth) {
+        int maxkeys = a->sel ? a->sel_k : 0;
+        for (int t = 0; t < g.nqt && !a->sel; t++) maxkeys = DS4_MAX(maxkeys, g.thi[t] - g.tlo[t]);
+        nsp = DS4_MIN((4 * nth + base - 1) / base, DS4_MAX(1, maxkeys / SPLIT_MIN));
+    }
+    float *part = NULL;
+    if (nsp > 1) {
+        part = ds4_malloc((size_t)nsp * a->n_q * g.H * (size_t)(g.Dh + 2) * sizeof(float));
+        if (!part) nsp = 1;   /* fall back to the unsplit schedule */
+    }
+    scratch *s = scratch_alloc(&g, nth);
+    if (!s) {
+        free(part);
+        geom_free(&g);
+        return;
+    }
+
+    int njobs = base * nsp;
+    #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+    for (int jb = 0; jb < njobs; jb++) {
+        /* Last row tiles first: under a causal mask they see the most keys. */
+        int t = g.nqt - 1 - jb / (g.K * nsp), rem = jb % (g.K * nsp);
+        fwd_job(&g, &s[omp_get_thread_num()], t, rem / nsp, rem % nsp, nsp, out, lse, part);
+    }
+
+    if (nsp > 1) {   /* merge the splits of every row, in split order */
+        size_t nrow = (size_t)a->n_q * g.H, stride = (size_t)g.Dh + 2;
+        #pragma omp parallel for schedule(static) num_threads(nth)
+        for (size_t row = 0; row < nrow; row++) {
+            float *acc = s[omp_get_thread_num()].O;   /* [Dh] */
+            float M = -INFINITY, L = 0.0f;
+            for (int sp = 0; sp < nsp; sp++) {
+                float m = part[(sp * nrow + row) * stride + g.Dh];
+                M = m > M ? m : M;
+            }
+            memset(acc, 0, (size_t)g.Dh * sizeof(float));
+            if (M != -INFINITY) {
+                for (int sp = 0; sp < nsp; sp++) {
+                    const float *p = part + (sp * nrow + row) * stride;
+                    if (p[g.Dh] == -INFINITY) continue;
+                    float w = exp2f(p[g.Dh] - M);
+                    L += p[g.Dh + 1] * w;
+                    for (int e = 0; e < g.Dh; e++) acc[e] += p[e] * w;
+                }
+            }
+            int i = (int)(row / g.H), h = (int)(row % g.H);
+            finish_row(&g, M, L, acc, h, out + (size_t)i * g.qs + (size_t)h * g.Dh, lse ? lse + row : NULL);
+        }
+    }
+    free(part);
+    scratch_free(s, nth);
+    geom_free(&g);
+}
+
+/* ---- backward ------------------------------------------------------------------ */
+
+/* Gathers the backward row state of tile t, kv head kvh: Qt, dOt, ranges,
+ * lse2 and D. Returns the row count. */
+static int bwd_gather(const geom *g, scratch *s, int t, int kvh, const float *lse,
+                      const float *dout, const float *D) {
+    int R = tile_rows(g, t), Dh = g->Dh;
+    gather_q(g, s, t, kvh, R);
+    for (int r = 0; r < R; r++) {
+        int i = row_query(g, t, r), h = row_head(g, kvh, r);
+        size_t row = (size_t)i * g->H + h;
+        memcpy(s->dOt + (size_t)r * Dh, dout + (size_t)i * g->qs + (size_t)h * Dh, (size_t)Dh * sizeof(float));
+        s->lse2[r] = lse[row] * LOG2E;
+        s->D[r] = D[row];
+    }
+    return R;
+}
+
+/* For the key tile whose rows are in s->rows (nk keys, first index j0): S,
+ * then P = exp2(S - lse2) in s->S and dS = P * (dO.V - D) in s->dP. Needs the
+ * value rows transposed in s->VT already. */
+static void bwd_probs(const geom *g, scratch *s, int R, int nk, int j0, int full) {
+    int nkp = (nk + 7) & ~7, Dh = g->Dh;
+    score_tile(g, s, R, nk, nkp);
+    mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
+    for (int r = 0; r < R; r++) {
+        float *row = s->S + (size_t)r * BK;
+        if (s->lse2[r] == -INFINITY) memset(row, 0, (size_t)nkp * sizeof(float));
+        else ds4_tile_exp2_sum(row, nkp, s->lse2[r]);
+    }
+    ds4_tile_gemm(s->dP, BK, s->dOt, Dh, 1, s->VT, BK, R, nkp, Dh, 0);
+    for (int r = 0; r < R; r++) {
+        float *p = s->S + (size_t)r * BK, *dp = s->dP + (size_t)r * BK, Dr = s->D[r];
+        for (int jj = 0; jj < nkp; jj++) dp[jj] = p[jj] * (dp[jj] - Dr);
+    }
+}
+
+/* Dense pass 1: key tile kt of kv head kvh owns dk, dv of its keys. */
+static void bwd_dense_kv(const geom *g, scratch *s, int kvh, int kt, const float *lse,
+                         const float *dout, const float *D, float *dk, float *dv) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh, j0 = kt * BK, nk = DS4_MIN(BK, a->n_kv - j0);
+    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
+    for (int jj = 0; jj < nk; jj++) s->rows[jj] = vb + (size_t)(j0 + jj) * g->ks;
+    ds4_tile_transpose(s->VT, BK, s->rows, nk, Dh);
+    for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
+    memset(s->X, 0, (size_t)BK * Dh * sizeof(float));   /* dK [nk, Dh] */
+    memset(s->Y, 0, (size_t)BK * Dh * sizeof(float));   /* dV [nk, Dh] */
+    int any = 0;
+    for (int t = 0; t < g->nqt; t++) {
+        if (!(g->tlo[t] < j0 + nk && g->thi[t] > j0)) continue;
+        int R = bwd_gather(g, s, t, kvh, lse, dout, D);
+        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
+        bwd_probs(g, s, R, nk, j0, full);
+        /* dV += P^T dO ; dK += dS^T Qt (Qt carries log2e/sqrt(Dh), fixed below) */
+        ds4_tile_gemm(s->Y, Dh, s->S, 1, BK, s->dOt, Dh, nk, Dh, R, 1);
+        ds4_tile_gemm(s->X, Dh, s->dP, 1, BK, s->Qt, Dh, nk, Dh, R, 1);
+        any = 1;
+    }
+    if (!any) return;
+    for (int jj = 0; jj < nk; jj++) {
+        float *dkr = dk + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
+        float *dvr = dv + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
+        const float *x = s->X + (size_t)jj * Dh, *y = s->Y + (size_t)jj * Dh;
+        for (int e = 0; e < Dh; e++) { dkr[e] += LN2 * x[e]; dvr[e] += y[e]; }
+    }
+}
+
+/* Dense pass 2: row tile t of kv head kvh owns dq of its rows. */
+static void bwd_dense_q(const geom *g, scratch *s, int t, int kvh, const float *lse,
+                        const float *dout, const float *D, float *dq) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh;
+    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
+    int R = bwd_gather(g, s, t, kvh, lse, dout, D);
+    memset(s->O, 0, (size_t)R * Dh * sizeof(float));    /* dQ [R, Dh] */
+    for (int j0 = g->tlo[t]; j0 < g->thi[t]; j0 += BK) {
+        int nk = DS4_MIN(BK, g->thi[t] - j0);
+        for (int jj = 0; jj < nk; jj++) s->rows[jj] = vb + (size_t)(j0 + jj) * g->ks;
+        ds4_tile_transpose(s->VT, BK, s->rows, nk, Dh);
+        for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
+        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
+        bwd_probs(g, s, R, nk, j0, full);
+        ds4_tile_gemm(s->O, Dh, s->dP, BK, 1, kb + (size_t)j0 * g->ks, g->ks, R, Dh, nk, 1);
+    }
+    float sc = 1.0f / sqrtf((float)Dh);
+    for (int r = 0; r < R; r++) {
+        int i = row_query(g, t, r), h = row_head(g, kvh, r);
+        float *d = dq + (size_t)i * g->qs + (size_t)h * Dh;
+        const float *o = s->O + (size_t)r * Dh;
+        for (int e = 0; e < Dh; e++) d[e] += sc * o[e];
+    }
+}
+
+/* Sparse: gradient terms of one (row, key) pair, p = softmax weight, with
+ * the dot products done directly (sel lists share no tiles). */
+static inline float pair_ds(const float *q, const float *k, const float *v, const float *dO,
+                            float c, float lse2, float Dr, int Dh, float *p_out) {
+    float p = exp2f(c * ds4_tile_dot(q, k, Dh) - lse2);
+    *p_out = p;
+    return p * (ds4_tile_dot(dO, v, Dh) - Dr);
+}
+
+/* Sparse pass 2: query i owns dq of its H rows. */
+static void bwd_sparse_q(const geom *g, scratch *s, int i, const float *lse, const float *dout,
+                         const float *D, float *dq) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh, n = clean_sel(g, i, s->list);
+    float sc = 1.0f / sqrtf((float)Dh);
+    for (int h = 0; h < g->H; h++) {
+        size_t row = (size_t)i * g->H + h;
+        if (lse[row] == -INFINITY) continue;
+        int kvh = h / g->G;
+        const float *q = a->q + (size_t)i * g->qs + (size_t)h * Dh;
+        const float *dO = dout + (size_t)i * g->qs + (size_t)h * Dh;
+        float *acc = s->O;   /* [Dh] */
+        memset(acc, 0, (size_t)Dh * sizeof(float));
+        for (int e = 0; e < n; e++) {
+            size_t off = (size_t)s->list[e] * g->ks + (size_t)kvh * Dh;
+            float p, ds = pair_ds(q, a->k + off, a->v + off, dO, g->c, lse[row] * LOG2E, D[row], Dh, &p);
+            for (int d = 0; d < Dh; d++) acc[d] += ds * a->k[off + d];
+        }
+        float *dqr = dq + (size_t)i * g->qs + (size_t)h * Dh;
+        for (int d = 0; d < Dh; d++) dqr[d] += sc * acc[d];
+    }
+}
+
+/* Sparse pass 1: key j (kv head kvh) owns dk, dv; qidx[off..off+cnt) lists
+ * the queries that selected it, in increasing order. */
+static void bwd_sparse_kv(const geom *g, scratch *s, int j, int kvh, const int *qidx, int cnt,
+                          const float *lse, const float *dout, const float *D, float *dk, float *dv) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh;
+    size_t off = (size_t)j * g->ks + (size_t)kvh * Dh;
+    const float *k = a->k + off, *v = a->v + off;
+    float *xk = s->X, *xv = s->Y;   /* [Dh] each */
+    memset(xk, 0, (size_t)Dh * sizeof(float));
+    memset(xv, 0, (size_t)Dh * sizeof(float));
+    for (int e = 0; e < cnt; e++) {
+        int i = qidx[e];
+        for (int h = kvh * g->G; h < (kvh + 1) * g->G; h++) {
+            size_t row = (size_t)i * g->H + h;
+            if (lse[row] == -INFINITY) continue;
+            const float *q = a->q + (size_t)i * g->qs + (size_t)h * Dh;
+            const float *dO = dout + (size_t)i * g->qs + (size_t)h * Dh;
+            float p, ds = pair_ds(q, k, v, dO, g->c, lse[row] * LOG2E, D[row], Dh, &p);
+            for (int d = 0; d < Dh; d++) { xk[d] += ds * q[d]; xv[d] += p * dO[d]; }
+        }
+    }
+    float sc = 1.0f / sqrtf((float)Dh);
+    for (int d = 0; d < Dh; d++) { dk[off + d] += sc * xk[d]; dv[off + d] += xv[d]; }
+}
+
+void ds4_attention_backward(const ds4_attn *a, const float *out, const float *lse,
+                            const float *dout, float *dq, float *dk, float *dv,
+                            float *dsinks) {
+    if (a->n_q <= 0 || a->n_kv < 0) return;
+    geom g;
+    if (geom_init(&g, a) != 0) return;
+    int nth = omp_get_max_threads(), Dh = g.Dh;
+    size_t nrow = (size_t)a->n_q * g.H;
+
+    /* D[row] = rowsum(dout * out) [n_q*H]; dsinks += -p_sink * D. */
+    float *D = ds4_malloc(nrow * sizeof(float));
+    scratch *s = D ? scratch_alloc(&g, nth) : NULL;
+    if (!s) {
+        free(D);
+        geom_free(&g);
+        return;
+    }
+    #pragma omp parallel for schedule(static) num_threads(nth)
+    for (size_t row = 0; row < nrow; row++) {
+        size_t i = row / g.H, h = row % g.H;
+        const float *o = out + i * g.qs + h * Dh, *d = dout + i * g.qs + h * Dh;
+        float acc = 0.0f;
+        for (int e = 0; e < Dh; e++) acc += o[e] * d[e];
+        D[row] = acc;
+    }
+    if (dsinks && a->sinks)
+        for (int h = 0; h < g.H; h++) {
+            double acc = 0.0;
+            for (int i = 0; i < a->n_q; i++) {
+                size_t row = (size_t)i * g.H + h;
+                if (lse[row] != -INFINITY) acc += exp((double)a->sinks[h] - lse[row]) * D[row];
+            }
+            dsinks[h] -= (float)acc;
+        }
+
+    /* dk and dv are produced together; a NULL one gets a throwaway buffer. */
+    float *tmp = NULL;
+    if ((dk == NULL) != (dv == NULL)) {
+        tmp = ds4_calloc(DS4_MAX((size_t)a->n_kv * g.ks, 1), sizeof(float));
+        if (!tmp) goto done;
+        if (!dk) dk = tmp; else dv = tmp;
+    }
+    if (!a->sel) {
+        int nkt = (a->n_kv + BK - 1) / BK;
+        if (dk) {
+            #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+            for (int jb = 0; jb < nkt * g.K; jb++)
+                bwd_dense_kv(&g, &s[omp_get_thread_num()], jb % g.K, jb / g.K, lse, dout, D, dk, dv);
+        }
+        if (dq) {
+            #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+            for (int jb = 0; jb < g.nqt * g.K; jb++) {
+                int t = g.nqt - 1 - jb / g.K;
+                bwd_dense_q(&g, &s[omp_get_thread_num()], t, jb % g.K, lse, dout, D, dq);
+            }
+        }
+    } else {
+        if (dq) {
+            #pragma omp parallel for schedule(dynamic, 4) num_threads(nth)
+            for (int i = 0; i < a->n_q; i++) bwd_sparse_q(&g, &s[omp_get_thread_num()], i, lse, dout, D, dq);
+        }
+        if (dk) {
+            /* Transpose the cleaned sel lists: for every key the queries that
+             * can attend to it, in increasing query order (CSR). */
+            int *cnt = ds4_calloc((size_t)a->n_kv + 1, sizeof(int));
+            int *lists = ds4_malloc((size_t)a->n_q * DS4_MAX(a->sel_k, 1) * sizeof(int));
+            int *nl = ds4_malloc((size_t)a->n_q * sizeof(int));
+            int *qidx = NULL;
+            if (cnt && lists && nl) {
+                #pragma omp parallel for schedule(dynamic, 16) num_threads(nth)
+                for (int i = 0; i < a->n_q; i++) nl[i] = clean_sel(&g, i, lists + (size_t)i * a->sel_k);
+                size_t total = 0;
+                for (int i = 0; i < a->n_q; i++) total += (size_t)nl[i];
+                qidx = ds4_malloc(DS4_MAX(total, 1) * sizeof(int));
+            }
+            if (qidx) {
+                for (int i = 0; i < a->n_q; i++)
+                    for (int e = 0; e < nl[i]; e++) cnt[lists[(size_t)i * a->sel_k + e] + 1]++;
+                for (int j = 0; j < a->n_kv; j++) cnt[j + 1] += cnt[j];
+                int *cur = ds4_malloc((size_t)DS4_MAX(a->n_kv, 1) * sizeof(int));
+                if (cur) {
+                    memcpy(cur, cnt, (size_t)a->n_kv * sizeof(int));
+                    for (int i = 0; i < a->n_q; i++)
+                        for (int e = 0; e < nl[i]; e++) qidx[cur[lists[(size_t)i * a->sel_k + e]]++] = i;
+                    free(cur);
+                    #pragma omp parallel for schedule(dynamic, 16) num_threads(nth)
+                    for (int jb = 0; jb < a->n_kv * g.K; jb++) {
+                        int j = jb / g.K, kvh = jb % g.K;
+                        if (cnt[j + 1] > cnt[j])
+                            bwd_sparse_kv(&g, &s[omp_get_thread_num()], j, kvh, qidx + cnt[j],
+                                          cnt[j + 1] - cnt[j], lse, dout, D, dk, dv);
+                    }
+                }
+            }
+            free(cnt); free(lists); free(nl); free(qidx);
+        }
+    }
+    free(tmp);
+done:
+    free(D);
+    scratch_free(s, nth);
+    geom_free(&g);
+}
+
+/* ---- reference ------------------------------------------------------------------- */
+
+/* Naive attention: for every (query, head) it materialises the scores of all
+ * candidate keys in double, checks visibility from positions directly, and
+ * normalises with the sink. Slow; for tests. */
+void ds4_attention_reference(const ds4_attn *a, float *out) {
+    int H = a->n_heads, K = a->n_kv_heads, Dh = a->head_dim, G = H / K;
+    double *sc = malloc((size_t)DS4_MAX(a->n_kv, 1) * sizeof(double));
+    char *cand = calloc((size_t)DS4_MAX(a->n_kv, 1), 1);
+    if (!sc || !cand) {
+        free(sc); free(cand);
+        ds4_set_error("attention reference: out of memory");
+        return;
+    }
+    double scale = 1.0 / sqrt((double)Dh);
+    for (int i = 0; i < a->n_q; i++) {
+        /* candidates: all keys, or the distinct valid entries of sel */
+        if (a->sel) {
+            memset(cand, 0, (size_t)a->n_kv);
+            for (int e = 0; e < a->sel_k; e++) {
+                int j = a->sel[(size_t)i * a->sel_k + e];
+                if (j >= 0 && j < a->n_kv) cand[j] = 1;
+            }
+        } else {
+            memset(cand, 1, (size_t)a->n_kv);
+        }
+        for (int j = 0; j < a->n_kv; j++) {
+            long dpos = (long)a->qpos[i] - a->kpos[j];
+            if (dpos < 0 || (a->window > 0 && dpos >= a->window)) cand[j] = 0;
+        }
+        for (int h = 0; h < H; h++) {
+            const float *q = a->q + ((size_t)i * H + h) * Dh;
+            int kvh = h / G;
+            double mx = a->sinks ? a->sinks[h] : -INFINITY;
+            for (int j = 0; j < a->n_kv; j++) {
+                if (!cand[j]) continue;
+                const float *k = a->k + ((size_t)j * K + kvh) * Dh;
+                double d = 0.0;
+                for (int e = 0; e < Dh; e++) d += (double)q[e] * k[e];
+                sc[j] = d * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            float *o = out + ((size_t)i * H + h) * Dh;
+            if (mx == -INFINITY) {
+                memset(o, 0, (size_t)Dh * sizeof(float));
+                continue;
+            }
+            double den = a->sinks ? exp(a->sinks[h] - mx) : 0.0;
+            for (int j = 0; j < a->n_kv; j++)
+                if (cand[j]) den += exp(sc[j] - mx);
+            for (int e = 0; e < Dh; e++) {
+                double acc = 0.0;
+                for (int j = 0; j < a->n_kv; j++)
+                    if (cand[j]) acc += exp(sc[j] - mx) * a->v[((size_t)j * K + kvh) * Dh + e];
+                o[e] = (float)(acc / den);
+            }
+        }
+    }
+    free(sc);
+    free(cand);
+}
