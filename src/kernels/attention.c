@@ -28,6 +28,9 @@
 #define BK 64            /* keys per tile */
 #define RMAX 64          /* target rows (query x head) per tile */
 #define SPLIT_MIN 256    /* fewest keys worth a separate decode split */
+#ifndef SCORE_DIRECT_MAX_ROWS
+#define SCORE_DIRECT_MAX_ROWS 8  /* up to this many rows: dot products, no transpose */
+#endif
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
@@ -248,8 +251,14 @@ static void online_softmax(scratch *s, int R, int nkp, int Dh) {
     }
 }
 
-/* Scores of a key tile: transpose the nk key rows into KT, S = Qt @ KT. */
+/* Scores of a key tile, S [R, nk] = Qt @ K^T: with many rows, transpose the
+ * nk key rows into KT once and run the register-blocked GEMM; with a few
+ * rows (decode) the transpose would dominate, so take dot products. */
 static void score_tile(const geom *g, scratch *s, int R, int nk, int nkp) {
+    if (R <= SCORE_DIRECT_MAX_ROWS) {
+        ds4_tile_scores_rows(s->S, BK, s->Qt, g->Dh, R, s->rows, nk, g->Dh);
+        return;
+    }
     ds4_tile_transpose(s->KT, BK, s->rows, nk, g->Dh);
     ds4_tile_gemm(s->S, BK, s->Qt, g->Dh, 1, s->KT, BK, R, nkp, g->Dh, 0);
 }

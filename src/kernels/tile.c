@@ -145,6 +145,33 @@ float ds4_tile_dot(const float *a, const float *b, int n) {
     return s;
 }
 
+void ds4_tile_scores_rows(float *S, size_t lds, const float *Q, size_t ldq, int R,
+                          const float *const *rows, int nk, int dh) {
+    int j0 = 0;
+    if (dh % 8 == 0)
+        for (; j0 + 4 <= nk; j0 += 4) {
+            const float *k0 = rows[j0], *k1 = rows[j0 + 1], *k2 = rows[j0 + 2], *k3 = rows[j0 + 3];
+            for (int r = 0; r < R; r++) {
+                const float *q = Q + (size_t)r * ldq;
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (int d = 0; d < dh; d += 8) {
+                    __m256 qv = _mm256_loadu_ps(q + d);
+                    a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+                    a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + d), a1);
+                    a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + d), a2);
+                    a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + d), a3);
+                }
+                /* four horizontal sums at once: lanes end up as (s0, s1, s2, s3) */
+                __m256 h01 = _mm256_hadd_ps(a0, a1), h23 = _mm256_hadd_ps(a2, a3);
+                __m256 h = _mm256_hadd_ps(h01, h23);
+                __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+                _mm_storeu_ps(S + (size_t)r * lds + j0, s4);
+            }
+        }
+    for (int j = j0; j < nk; j++)
+        for (int r = 0; r < R; r++) S[(size_t)r * lds + j] = ds4_tile_dot(Q + (size_t)r * ldq, rows[j], dh);
+}
+
 /* 8x8 block transpose: dst[d][j] = src_j[d] for 8 rows, 8 columns. */
 static inline void transpose8(float *dst, size_t ldd, const float *const *src, int d0) {
     __m256 r0 = _mm256_loadu_ps(src[0] + d0), r1 = _mm256_loadu_ps(src[1] + d0);
@@ -179,6 +206,16 @@ void ds4_tile_transpose(float *dst, size_t ldd, const float *const *rows, int nk
 }
 
 #else /* !TILE_SIMD */
+
+void ds4_tile_scores_rows(float *S, size_t lds, const float *Q, size_t ldq, int R,
+                          const float *const *rows, int nk, int dh) {
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < nk; j++) {
+            float s = 0.0f;
+            for (int d = 0; d < dh; d++) s += Q[(size_t)r * ldq + d] * rows[j][d];
+            S[(size_t)r * lds + j] = s;
+        }
+}
 
 void ds4_tile_gemm(float *C, size_t ldc, const float *A, size_t am, size_t ar,
                    const float *B, size_t ldb, int M, int N, int Kd, int acc) {

@@ -21,6 +21,12 @@ float ds4_tile_exp2_sum(float *x, int n, float sub);
  * transposed tile of nk gathered rows of length dh. */
 void ds4_tile_transpose(float *dst, size_t ldd, const float *const *rows, int nk, int dh);
 
+/* S[r, j] = Q[r, :] . rows[j][:] for r < R, j < nk, length dh (S row stride
+ * lds, Q row stride ldq): scores without a transposed key tile, for the few
+ * rows of decode where transposing would cost more than it saves. */
+void ds4_tile_scores_rows(float *S, size_t lds, const float *Q, size_t ldq, int R,
+                          const float *const *rows, int nk, int dh);
+
 /* Dot product of length n, in float with several partial sums. */
 float ds4_tile_dot(const float *a, const float *b, int n);
 
