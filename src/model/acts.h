@@ -56,6 +56,29 @@ int ds4_forward_impl(const ds4_model *m, const struct ds4_batch *b, struct ds4_k
  * slot was empty before the forward). dlogits [n, V]; grads: a buffer with the
  * model's layout, ACCUMULATED into. */
 void ds4_backward_scratch_free(void *bw);
+
+/* Scratch gradients for one layer (n tokens). */
+typedef struct ds4_bw_scratch {
+    float *dx, *dxn, *dq, *dk, *dv, *datt;   /* [n,D] [n,D] [n,Q] [n,KD] [n,KD] [n,Q] */
+    float *dh, *dg, *du;                     /* [n,F] dense or [n,S] shared */
+    float *dey, *deh, *deg, *deu, *dex;      /* [n*k,D] [n*k,Fm] x3 [n*k,D] */
+    float *dweights, *drlogits;              /* [n,k] [n,E] */
+} ds4_bw_scratch;
+
+/* SwiGLU FFN y[n,D] = down(silu(gate x) * up x); gate/up [F,D], down [D,F];
+ * g, u, h [n,F] saved. acc: y += instead of y =. */
+void ds4_swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, const float *wd,
+                    float *g, float *u, float *h, int n, int D, int F, int acc);
+/* Its backward; dx ACCUMULATES, dh/dg/du are scratch [n,F]. */
+void ds4_swiglu_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dy,
+                             const float *x, const float *wg, const float *wu, const float *wd,
+                             const float *g, const float *u, const float *h,
+                             float *dh, float *dg, float *du, int n, int D, int F);
+/* MoE FFN of layer W on x [n,D] into A->ffn, saving routing and expert activations in A. */
+void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n);
+/* Its backward: dy [n,D] gradient of A->ffn; dx [n,D] accumulates; G: gradient pointers. */
+void ds4_moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, const ds4_layer_acts *A,
+                      const float *x, const float *dy, float *dx, ds4_bw_scratch *s, int n);
 int ds4_backward(const ds4_model *m, const struct ds4_batch *b, const struct ds4_kv_cache *kv,
                  ds4_acts *acts, const float *dlogits, float *grads);
 

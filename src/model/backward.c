@@ -9,21 +9,15 @@
 #include "model/moe.h"
 #include "util/util.h"
 
-/* Scratch gradients for one layer (n tokens). */
-typedef struct bw_scratch {
-    float *dx, *dxn, *dq, *dk, *dv, *datt;   /* [n,D] [n,D] [n,Q] [n,KD] [n,KD] [n,Q] */
-    float *dh, *dg, *du;                     /* [n,F] dense or [n,S] shared */
-    float *dey, *deh, *deg, *deu, *dex;      /* [n*k,D] [n*k,Fm] x3 [n*k,D] */
-    float *dweights, *drlogits;              /* [n,k] [n,E] */
-} bw_scratch;
 
-static void bw_free(bw_scratch *s) {
+
+static void bw_free(ds4_bw_scratch *s) {
     float *ps[] = {s->dx, s->dxn, s->dq, s->dk, s->dv, s->datt, s->dh, s->dg, s->du, s->dey,
                    s->deh, s->deg, s->deu, s->dex, s->dweights, s->drlogits};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
 }
 
-static int bw_alloc(bw_scratch *s, const ds4_config *c, int n) {
+static int bw_alloc(ds4_bw_scratch *s, const ds4_config *c, int n) {
     memset(s, 0, sizeof *s);
     const size_t D = c->hidden_size, Q = (size_t)c->num_attention_heads * c->head_dim;
     const size_t KD = (size_t)c->num_key_value_heads * c->head_dim, k = ds4_moe_k(c);
@@ -40,7 +34,7 @@ static int bw_alloc(bw_scratch *s, const ds4_config *c, int n) {
 }
 
 /* SwiGLU FFN backward; dx ACCUMULATES, dh/dg/du are scratch [n,F]. */
-static void swiglu_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dy,
+void ds4_swiglu_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dy,
                                 const float *x, const float *wg, const float *wu, const float *wd,
                                 const float *g, const float *u, const float *h,
                                 float *dh, float *dg, float *du, int n, int D, int F) {
@@ -49,53 +43,6 @@ static void swiglu_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, c
     ds4_swiglu_backward(dg, du, dh, g, u, (size_t)n * F);
     ds4_matmul_backward(dx, dwg, dg, x, wg, n, D, F);
     ds4_matmul_backward(dx, dwu, du, x, wu, n, D, F);
-}
-
-/* MoE backward: dy [n,D] is the gradient of the FFN output; dx += into [n,D]. */
-static void moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, const ds4_layer_acts *A,
-                         const float *x, const float *dy, float *dx, bw_scratch *s, int n) {
-    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
-    const int S = c->n_shared_experts * Fm;
-    if (S > 0)
-        swiglu_ffn_backward(dx, G->sh_gate, G->sh_up, G->sh_down, dy, x, W->sh_gate, W->sh_up, W->sh_down,
-                            A->sg, A->su, A->sh, s->dh, s->dg, s->du, n, D, S);
-    /* per permuted row: dey = w * dy[t]; dweight = <dy[t], ey> */
-    #pragma omp parallel for schedule(static)
-    for (int r = 0; r < n * k; r++) {
-        const int t = A->perm_tok[r], j = A->perm_slot[r];
-        const float *dyt = dy + (size_t)t * D, *ey = A->ey + (size_t)r * D;
-        float *dey = s->dey + (size_t)r * D;
-        const float w = A->weights[t * k + j];
-        double dot = 0;
-        for (int d = 0; d < D; d++) { dey[d] = w * dyt[d]; dot += (double)dyt[d] * ey[d]; }
-        s->dweights[t * k + j] = (float)dot;
-    }
-    memset(s->dex, 0, sizeof(float) * (size_t)n * k * D);
-    for (int e = 0; e < E; e++) {
-        const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
-        if (m == 0) continue;
-        const size_t fo = (size_t)e * Fm * D;
-        swiglu_ffn_backward(s->dex + (size_t)r0 * D, G->exp_gate + fo, G->exp_up + fo, G->exp_down + fo,
-                            s->dey + (size_t)r0 * D, A->ex + (size_t)r0 * D, W->exp_gate + fo,
-                            W->exp_up + fo, W->exp_down + fo, A->eg + (size_t)r0 * Fm,
-                            A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, s->deh + (size_t)r0 * Fm,
-                            s->deg + (size_t)r0 * Fm, s->deu + (size_t)r0 * Fm, m, D, Fm);
-    }
-    /* unpermute: each token gathers its k rows (race-free) */
-    int *row_of = malloc(sizeof(int) * (size_t)n * k);
-    for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) {
-            const float *src = s->dex + (size_t)row_of[t * k + j] * D;
-            float *dst = dx + (size_t)t * D;
-            for (int d = 0; d < D; d++) dst[d] += src[d];
-        }
-    free(row_of);
-    /* router: weights depend on the unbiased scores of the chosen experts */
-    memset(s->drlogits, 0, sizeof(float) * (size_t)n * E);
-    ds4_moe_route_backward(c, A->experts, A->scores, s->dweights, n, s->drlogits);
-    ds4_matmul_backward(dx, G->router, s->drlogits, x, W->router, n, D, E);
 }
 
 void ds4_backward_scratch_free(void *bw) {
@@ -112,12 +59,12 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
     ds4_weights gw;
     ds4_weights_bind(&gw, c, &m->layout, grads);
     if (!acts->bw) {
-        bw_scratch *sc = ds4_malloc(sizeof *sc);
+        ds4_bw_scratch *sc = ds4_malloc(sizeof *sc);
         if (!sc) return -1;
         if (bw_alloc(sc, c, acts->n_cap) != 0) { free(sc); return -1; }
         acts->bw = sc;
     }
-    bw_scratch s = *(bw_scratch *)acts->bw;
+    ds4_bw_scratch s = *(ds4_bw_scratch *)acts->bw;
     int *pos = ds4_malloc(sizeof(int) * (size_t)n);
     if (!pos) return -1;
     for (int i = 0; i < n; i++) pos[i] = (i > 0 && b->seq[i] == b->seq[i - 1]) ? pos[i - 1] + 1 : 0;
@@ -135,11 +82,11 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
         /* FFN: x_out = x_mid + ffn(norm2(x_mid)); s.dx holds d x_out */
         memset(s.dxn, 0, sizeof(float) * (size_t)n * D);
         if (!ds4_layer_is_moe(c, l))
-            swiglu_ffn_backward(s.dxn, G->gate_proj, G->up_proj, G->down_proj, s.dx, A->xn2, W->gate_proj,
+            ds4_swiglu_ffn_backward(s.dxn, G->gate_proj, G->up_proj, G->down_proj, s.dx, A->xn2, W->gate_proj,
                                 W->up_proj, W->down_proj, A->g, A->u, A->h, s.dh, s.dg, s.du, n, D,
                                 c->intermediate_size);
         else
-            moe_backward(c, W, G, A, A->xn2, s.dx, s.dxn, &s, n);
+            ds4_moe_backward(c, W, G, A, A->xn2, s.dx, s.dxn, &s, n);
         ds4_rmsnorm_backward(s.dx, G->post_attention_layernorm, s.dxn, A->x_mid, W->post_attention_layernorm,
                              A->rstd2, n, D);
         /* attention: x_mid = x_in + o_proj(att); s.dx holds d x_mid */

@@ -120,47 +120,12 @@ void ds4_acts_free(ds4_acts *a) {
 /* ---- FFN ---------------------------------------------------------------- */
 
 /* SwiGLU y[n,D] = down(silu(gate x) * up x) with gate/up [F,D], down [D,F]. */
-static void swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, const float *wd,
+void ds4_swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, const float *wd,
                        float *g, float *u, float *h, int n, int D, int F, int acc) {
     ds4_matmul(g, x, wg, n, D, F, 0);
     ds4_matmul(u, x, wu, n, D, F, 0);
     ds4_swiglu(h, g, u, (size_t)n * F);
     ds4_matmul(y, h, wd, n, F, D, acc);
-}
-
-/* MoE FFN: route → permute → per-expert SwiGLU → weighted combine (+ shared). */
-static void moe_ffn(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
-    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
-    ds4_matmul(A->rlogits, x, W->router, n, D, E, 0);
-    ds4_moe_route(c, A->rlogits, W->router_bias, n, A->experts, A->weights, A->scores);
-    ds4_moe_permute(A->experts, n, k, E, A->offsets, A->perm_tok, A->perm_slot);
-    #pragma omp parallel for schedule(static)
-    for (int r = 0; r < n * k; r++)
-        memcpy(A->ex + (size_t)r * D, x + (size_t)A->perm_tok[r] * D, sizeof(float) * D);
-    for (int e = 0; e < E; e++) {
-        const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
-        if (m == 0) continue;
-        swiglu_ffn(A->ey + (size_t)r0 * D, A->ex + (size_t)r0 * D,
-                   W->exp_gate + (size_t)e * Fm * D, W->exp_up + (size_t)e * Fm * D,
-                   W->exp_down + (size_t)e * D * Fm, A->eg + (size_t)r0 * Fm,
-                   A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, m, D, Fm, 0);
-    }
-    /* combine: each token sums its k expert rows (gather, race-free) */
-    int *row_of = malloc(sizeof(int) * (size_t)n * k);      /* [n, k] permuted row of (t, slot) */
-    for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
-    const int S = c->n_shared_experts * Fm;
-    if (S > 0) swiglu_ffn(A->ffn, x, W->sh_gate, W->sh_up, W->sh_down, A->sg, A->su, A->sh, n, D, S, 0);
-    else memset(A->ffn, 0, sizeof(float) * (size_t)n * D);
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
-        float *y = A->ffn + (size_t)t * D;
-        for (int j = 0; j < k; j++) {
-            const float w = A->weights[t * k + j];
-            const float *ey = A->ey + (size_t)row_of[t * k + j] * D;
-            for (int d = 0; d < D; d++) y[d] += w * ey[d];
-        }
-    }
-    free(row_of);
 }
 
 /* ---- the forward pass --------------------------------------------------- */
@@ -252,10 +217,10 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
         ds4_matmul(A->x_mid, A->att, W->o_proj, n, Q, D, 1);
         ds4_rmsnorm(A->xn2, A->rstd2, A->x_mid, W->post_attention_layernorm, n, D, c->rms_norm_eps);
         if (!ds4_layer_is_moe(c, l))
-            swiglu_ffn(A->ffn, A->xn2, W->gate_proj, W->up_proj, W->down_proj, A->g, A->u, A->h, n, D,
+            ds4_swiglu_ffn(A->ffn, A->xn2, W->gate_proj, W->up_proj, W->down_proj, A->g, A->u, A->h, n, D,
                        c->intermediate_size, 0);
         else
-            moe_ffn(c, W, A, A->xn2, n);
+            ds4_moe_forward(c, W, A, A->xn2, n);
         float *next = (acts && l + 1 < c->num_hidden_layers) ? acts->l[l + 1].x_in
                     : acts ? acts->x_out : A->x_in;
         for (size_t i = 0; i < (size_t)n * D; i++) next[i] = A->x_mid[i] + A->ffn[i];

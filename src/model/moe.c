@@ -1,7 +1,11 @@
 /* moe.c — hierarchical two-tier routing (groups, then experts inside groups),
- * its backward through the unbiased scores, and the expert permutation. */
+ * its backward through the unbiased scores, the expert permutation, and the
+ * MoE FFN forward/backward built from them (one GEMM per expert). */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include "kernels/kernels.h"
+#include "model/acts.h"
 #include "model/moe.h"
 
 int ds4_moe_k(const ds4_config *c) {
@@ -118,4 +122,86 @@ void ds4_moe_permute(const int *experts, int n, int k, int E, int *offsets,
             perm_tok[r] = t;
             perm_slot[r] = j;
         }
+}
+
+/* MoE FFN: route → permute → per-expert SwiGLU → weighted combine (+ shared). */
+void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
+    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
+    ds4_matmul(A->rlogits, x, W->router, n, D, E, 0);
+    ds4_moe_route(c, A->rlogits, W->router_bias, n, A->experts, A->weights, A->scores);
+    ds4_moe_permute(A->experts, n, k, E, A->offsets, A->perm_tok, A->perm_slot);
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < n * k; r++)
+        memcpy(A->ex + (size_t)r * D, x + (size_t)A->perm_tok[r] * D, sizeof(float) * D);
+    for (int e = 0; e < E; e++) {
+        const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
+        if (m == 0) continue;
+        ds4_swiglu_ffn(A->ey + (size_t)r0 * D, A->ex + (size_t)r0 * D,
+                   W->exp_gate + (size_t)e * Fm * D, W->exp_up + (size_t)e * Fm * D,
+                   W->exp_down + (size_t)e * D * Fm, A->eg + (size_t)r0 * Fm,
+                   A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, m, D, Fm, 0);
+    }
+    /* combine: each token sums its k expert rows (gather, race-free) */
+    int *row_of = malloc(sizeof(int) * (size_t)n * k);      /* [n, k] permuted row of (t, slot) */
+    for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
+    const int S = c->n_shared_experts * Fm;
+    if (S > 0) ds4_swiglu_ffn(A->ffn, x, W->sh_gate, W->sh_up, W->sh_down, A->sg, A->su, A->sh, n, D, S, 0);
+    else memset(A->ffn, 0, sizeof(float) * (size_t)n * D);
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        float *y = A->ffn + (size_t)t * D;
+        for (int j = 0; j < k; j++) {
+            const float w = A->weights[t * k + j];
+            const float *ey = A->ey + (size_t)row_of[t * k + j] * D;
+            for (int d = 0; d < D; d++) y[d] += w * ey[d];
+        }
+    }
+    free(row_of);
+}
+
+/* MoE backward: dy [n,D] is the gradient of the FFN output; dx += into [n,D]. */
+void ds4_moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, const ds4_layer_acts *A,
+                         const float *x, const float *dy, float *dx, ds4_bw_scratch *s, int n) {
+    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
+    const int S = c->n_shared_experts * Fm;
+    if (S > 0)
+        ds4_swiglu_ffn_backward(dx, G->sh_gate, G->sh_up, G->sh_down, dy, x, W->sh_gate, W->sh_up, W->sh_down,
+                            A->sg, A->su, A->sh, s->dh, s->dg, s->du, n, D, S);
+    /* per permuted row: dey = w * dy[t]; dweight = <dy[t], ey> */
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < n * k; r++) {
+        const int t = A->perm_tok[r], j = A->perm_slot[r];
+        const float *dyt = dy + (size_t)t * D, *ey = A->ey + (size_t)r * D;
+        float *dey = s->dey + (size_t)r * D;
+        const float w = A->weights[t * k + j];
+        double dot = 0;
+        for (int d = 0; d < D; d++) { dey[d] = w * dyt[d]; dot += (double)dyt[d] * ey[d]; }
+        s->dweights[t * k + j] = (float)dot;
+    }
+    memset(s->dex, 0, sizeof(float) * (size_t)n * k * D);
+    for (int e = 0; e < E; e++) {
+        const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
+        if (m == 0) continue;
+        const size_t fo = (size_t)e * Fm * D;
+        ds4_swiglu_ffn_backward(s->dex + (size_t)r0 * D, G->exp_gate + fo, G->exp_up + fo, G->exp_down + fo,
+                            s->dey + (size_t)r0 * D, A->ex + (size_t)r0 * D, W->exp_gate + fo,
+                            W->exp_up + fo, W->exp_down + fo, A->eg + (size_t)r0 * Fm,
+                            A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, s->deh + (size_t)r0 * Fm,
+                            s->deg + (size_t)r0 * Fm, s->deu + (size_t)r0 * Fm, m, D, Fm);
+    }
+    /* unpermute: each token gathers its k rows (race-free) */
+    int *row_of = malloc(sizeof(int) * (size_t)n * k);
+    for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            const float *src = s->dex + (size_t)row_of[t * k + j] * D;
+            float *dst = dx + (size_t)t * D;
+            for (int d = 0; d < D; d++) dst[d] += src[d];
+        }
+    free(row_of);
+    /* router: weights depend on the unbiased scores of the chosen experts */
+    memset(s->drlogits, 0, sizeof(float) * (size_t)n * E);
+    ds4_moe_route_backward(c, A->experts, A->scores, s->dweights, n, s->drlogits);
+    ds4_matmul_backward(dx, G->router, s->drlogits, x, W->router, n, D, E);
 }
