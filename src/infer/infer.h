@@ -210,8 +210,8 @@ typedef struct ds4_eval_result {
  * predicts ids[s+1 .. s+T+1), so every token except the first is predicted
  * exactly once (the last window may be shorter). T <= 0: default
  * min(512, max_position_embeddings); T larger than that is an error.
- * batch > 1 runs that many windows per ds4_forward call. Cross-entropy is
- * computed in double. */
+ * batch > 1 runs that many windows per ds4_forward call. Cross-entropy:
+ * exponentials in float (vectorised), sums and logs in double. */
 int ds4_eval_tokens(const ds4_model *m, const int *ids, size_t n, int T, int batch,
                     ds4_eval_result *r);
 
