@@ -24,6 +24,7 @@ typedef struct ds4_train_opts {
     float  weight_decay, beta1, beta2, eps, grad_clip;
     uint64_t seed;
     long   eval_every, eval_batches, save_every;
+    long   stop_after;           /* stop (with a checkpoint) after this many steps in this run; 0 = off */
     int    quiet;                /* no live progress line */
 } ds4_train_opts;
 

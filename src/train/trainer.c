@@ -315,8 +315,10 @@ int ds4_train_run(const ds4_train_opts *o_in) {
             if (!isnan(vl)) fprintf(stderr, " | val %.4f (ppl %.2f)", vl, exp(vl));
             if (!tty || !isnan(vl) || last) fprintf(stderr, "\n");
         }
-        if (last || (o.save_every > 0 && rs.step % o.save_every == 0))
+        const int stop = o.stop_after > 0 && rs.step - first >= o.stop_after;
+        if (last || stop || (o.save_every > 0 && rs.step % o.save_every == 0))
             if (save_checkpoint(o.out_dir, m, &opt, &rs, &o) != 0) goto out;
+        if (stop) break;
     }
     rc = 0;
 out:
