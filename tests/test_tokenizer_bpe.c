@@ -210,13 +210,9 @@ static int naive_train(const char *text, size_t len, int n_merges, int *ml, int 
     return m;
 }
 
-static void test_train_vs_naive(void **state) {
-    (void)state;
-    const int n_merges = 300;
-    size_t len;
-    char *text = tt_text(7, 30000, &len);
+static void check_vs_naive(const char *text, size_t len, int n_merges) {
     ds4_tokenizer *t = train_or_fail(text, len, 256 + n_merges + BPE_N_SPECIAL);
-    int ml[300], mr[300];
+    int *ml = malloc((size_t)n_merges * sizeof *ml), *mr = malloc((size_t)n_merges * sizeof *mr);
     int m = naive_train(text, len, n_merges, ml, mr);
     assert_int_equal(t->n_merges, m);
     for (int r = 0; r < m; r++) {
@@ -225,7 +221,29 @@ static void test_train_vs_naive(void **state) {
                      t->merge_right[r], ml[r], mr[r]);
         assert_int_equal(t->merge_out[r], 256 + r);
     }
+    free(ml);
+    free(mr);
     ds4_tokenizer_free(t);
+}
+
+static void test_train_vs_naive(void **state) {
+    (void)state;
+    size_t len;
+    char *text = tt_text(7, 30000, &len);
+    check_vs_naive(text, len, 300);
+    /* runs over a two-letter alphabet: overlapping pairs (a a a a, a b a b),
+     * merges next to merges, words that run out of pairs */
+    ds4_rng r;
+    ds4_rng_seed(&r, 8);
+    size_t k = 0;
+    while (k < 6000) {
+        int n = 1 + (int)(ds4_rng_u64(&r) % 40);
+        int mode = (int)(ds4_rng_u64(&r) % 3);
+        for (int i = 0; i < n; i++)
+            text[k++] = mode == 0 ? 'a' : mode == 1 ? "ab"[i & 1] : "ab"[ds4_rng_u64(&r) % 2];
+        text[k++] = ' ';
+    }
+    check_vs_naive(text, k, 150);
     free(text);
 }
 

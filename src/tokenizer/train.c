@@ -140,6 +140,29 @@ static int pair_add_word(pair_info *p, int32_t w) {
     return 0;
 }
 
+/* Add c to the count of the new pair (l, r), note that word w holds it, and
+ * list the pair once per merge step in *touched for the heap. */
+static int pair_bump(pair_table *pt, int32_t l, int32_t r, int64_t c, int32_t w, int32_t step,
+                     int32_t **touched, size_t *n_touched, size_t *cap_touched) {
+    int32_t idx = pair_get(pt, l, r);
+    if (idx < 0) return -1;
+    pair_info *p = &pt->p[idx];
+    p->count += c;
+    if (pair_add_word(p, w) < 0) return -1;
+    if (p->stamp != step) {
+        p->stamp = step;
+        if (*n_touched == *cap_touched) {
+            size_t cap = *cap_touched ? *cap_touched * 2 : 1024;
+            int32_t *tt = realloc(*touched, cap * sizeof *tt);
+            if (!tt) { ds4_set_error("out of memory (tokenizer training)"); return -1; }
+            *touched = tt;
+            *cap_touched = cap;
+        }
+        (*touched)[(*n_touched)++] = idx;
+    }
+    return 0;
+}
+
 static void pair_table_free(pair_table *pt) {
     for (size_t i = 0; i < pt->n; i++) free(pt->p[i].words);
     free(pt->p);
@@ -253,37 +276,33 @@ ds4_tokenizer *ds4_tokenizer_train(const char *text, size_t len, int vocab_size,
         for (int32_t k = 0; k < nw; k++) {
             int32_t w = words[k];
             int32_t *s = sym + w_off[w];
-            int32_t n = w_len[w];
-            int found = 0;
-            for (int32_t i = 0; i + 1 < n && !found; i++) found = s[i] == A && s[i + 1] == B;
-            if (!found) continue;   /* listed earlier, merged away since */
+            int32_t n = w_len[w];   /* a word listed earlier may no longer hold (A, B): then nothing changes */
             int64_t c = w_cnt[w];
-            for (int32_t i = 0; i + 1 < n; i++) pt.p[bpe_pair_map_get(&pt.map, s[i], s[i + 1])].count -= c;
+            /* merge left to right; at each site only the neighbour pairs change:
+             * (x, A) -> (x, C) and (B, y) -> (C, y), x being the already merged
+             * left symbol. (A, B) itself is zeroed after the loop. */
             int32_t j = 0;
-            for (int32_t i = 0; i < n; i++) {
-                if (i + 1 < n && s[i] == A && s[i + 1] == B) { s[j++] = C; i++; }
-                else s[j++] = s[i];
-            }
-            w_len[w] = n = j;
-            for (int32_t i = 0; i + 1 < n; i++) {
-                int32_t idx = pair_get(&pt, s[i], s[i + 1]);
-                if (idx < 0) goto done;
-                pair_info *p = &pt.p[idx];
-                p->count += c;
-                if (s[i] != C && s[i + 1] != C) continue;
-                if (pair_add_word(p, w) < 0) goto done;
-                if (p->stamp != n_merges) {
-                    p->stamp = n_merges;
-                    if (n_touched == cap_touched) {
-                        cap_touched = cap_touched ? cap_touched * 2 : 1024;
-                        int32_t *tt = realloc(touched, cap_touched * sizeof *tt);
-                        if (!tt) { ds4_set_error("out of memory (tokenizer training)"); goto done; }
-                        touched = tt;
+            for (int32_t i = 0; i < n;) {
+                if (i + 1 < n && s[i] == A && s[i + 1] == B) {
+                    if (j > 0) {
+                        pt.p[bpe_pair_map_get(&pt.map, s[j - 1], A)].count -= c;
+                        if (pair_bump(&pt, s[j - 1], C, c, w, n_merges, &touched, &n_touched, &cap_touched) < 0)
+                            goto done;
                     }
-                    touched[n_touched++] = idx;
+                    if (i + 2 < n) {
+                        pt.p[bpe_pair_map_get(&pt.map, B, s[i + 2])].count -= c;
+                        if (pair_bump(&pt, C, s[i + 2], c, w, n_merges, &touched, &n_touched, &cap_touched) < 0)
+                            goto done;
+                    }
+                    s[j++] = C;
+                    i += 2;
+                } else {
+                    s[j++] = s[i++];
                 }
             }
+            w_len[w] = j;
         }
+        pt.p[e.idx].count = 0;
         free(pt.p[e.idx].words);
         pt.p[e.idx].words = NULL;
         pt.p[e.idx].n_words = pt.p[e.idx].cap_words = 0;
