@@ -323,8 +323,10 @@ static void test_bounds_q4_K(void **state) {
     free(x); free(y); free(q);
 }
 
-/* Relative RMS error on N(0,1) weights: Q8_0 near 1/(127 sqrt 12) of the block
- * range, and Q4_K (4.5 bits) no worse than Q4_0 (4.5 bits). */
+/* Relative RMS error on N(0,1) weights (measured: q8_0 0.0053, q4_0 0.0859,
+ * q4_K 0.0703): Q4_K (4.5 bits) must beat Q4_0 (4.5 bits) and come close to
+ * the best affine 16-level grid per 32 weights with unquantized scale and
+ * offset (about 0.068, found by brute-force search). */
 static double rel_rmse(ds4_qtype t, const float *x, int n) {
     void *q = malloc(ds4_q_row_bytes(t, n));
     float *y = malloc(sizeof(float) * n);
@@ -346,7 +348,8 @@ static void test_quality(void **state) {
     double e8 = rel_rmse(DS4_Q_Q8_0, x, n), e4 = rel_rmse(DS4_Q_Q4_0, x, n), ek = rel_rmse(DS4_Q_Q4_K, x, n);
     print_message("relative rms error on N(0,1): q8_0 %.5f  q4_0 %.5f  q4_K %.5f\n", e8, e4, ek);
     assert_true(e8 < 0.006);
-    assert_true(e4 < 0.12);
+    assert_true(e4 < 0.09);
+    assert_true(ek < 0.072);   /* a free fp32 scale and offset per 32 reach about 0.068 */
     assert_true(ek < e4);
     free(x);
 }

@@ -61,22 +61,32 @@ void ds4_dot_f32_avx2(int n, const void *w, const void *x, size_t xs, int nx, fl
 }
 
 /* ---- Q8_0 x Q8_0 ------------------------------------------------------------- */
+/* One accumulator per row would make every block wait for the previous
+ * block's FMA (4 cycles): blocks alternate between two accumulators. The
+ * order of float operations is the same for every nx, so a row's result does
+ * not depend on how many rows are batched with it. */
+#define ACC(nx) 2
+
 static inline __attribute__((always_inline)) void dot_q8_0(int n, const ds4_block_q8_0 *w, const char *x,
                                                            size_t xs, int nx, float *o, size_t os) {
-    __m256 acc[MAXNX];
-    for (int r = 0; r < nx; r++) acc[r] = _mm256_setzero_ps();
-    for (int b = 0; b < n / DS4_QK8_0; b++) {
-        __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
-        __m256i aw = _mm256_sign_epi8(qw, qw);
-        float dw = h2f(w[b].d);
-        for (int r = 0; r < nx; r++) {
-            const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-            __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-            __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r]);
+    __m256 acc[MAXNX][2];
+    for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const int nb = n / DS4_QK8_0;
+    for (int b0 = 0; b0 < nb; b0 += ACC(nx)) {
+        for (int u = 0; u < ACC(nx) && b0 + u < nb; u++) {
+            const int b = b0 + u;
+            __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
+            __m256i aw = _mm256_sign_epi8(qw, qw);
+            float dw = h2f(w[b].d);
+            for (int r = 0; r < nx; r++) {
+                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
+                __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
+                acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r][u]);
+            }
         }
     }
-    for (int r = 0; r < nx; r++) o[r * os] = hsum8(acc[r]);
+    for (int r = 0; r < nx; r++) o[r * os] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
 void ds4_dot_q8_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
@@ -94,22 +104,26 @@ void ds4_dot_q8_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, f
 static inline __attribute__((always_inline)) void dot_q4_0(int n, const ds4_block_q4_0 *w, const char *x,
                                                            size_t xs, int nx, float *o, size_t os) {
     const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
-    __m256 acc[MAXNX];
-    for (int r = 0; r < nx; r++) acc[r] = _mm256_setzero_ps();
-    for (int b = 0; b < n / DS4_QK4_0; b++) {
-        __m128i raw = _mm_loadu_si128((const __m128i *)w[b].qs);
-        __m256i qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
-        qw = _mm256_sub_epi8(qw, eight);
-        __m256i aw = _mm256_sign_epi8(qw, qw);
-        float dw = h2f(w[b].d);
-        for (int r = 0; r < nx; r++) {
-            const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-            __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-            __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r]);
+    __m256 acc[MAXNX][2];
+    for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    const int nb = n / DS4_QK4_0;
+    for (int b0 = 0; b0 < nb; b0 += ACC(nx)) {
+        for (int u = 0; u < ACC(nx) && b0 + u < nb; u++) {
+            const int b = b0 + u;
+            __m128i raw = _mm_loadu_si128((const __m128i *)w[b].qs);
+            __m256i qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
+            qw = _mm256_sub_epi8(qw, eight);
+            __m256i aw = _mm256_sign_epi8(qw, qw);
+            float dw = h2f(w[b].d);
+            for (int r = 0; r < nx; r++) {
+                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
+                __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
+                acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r][u]);
+            }
         }
     }
-    for (int r = 0; r < nx; r++) o[r * os] = hsum8(acc[r]);
+    for (int r = 0; r < nx; r++) o[r * os] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
 void ds4_dot_q4_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
