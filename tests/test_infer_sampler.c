@@ -335,6 +335,20 @@ static void test_errors(void **st) {
     float z[4] = {-INFINITY, 3, -INFINITY, -INFINITY};     /* masked tokens are fine */
     assert_int_equal(ds4_sampler_sample(&s, z, 4), 1);
     ds4_sampler_free(&s);
+    /* masked tokens never survive, even when top-k asks for more tokens
+     * than are unmasked */
+    float zz[10];
+    for (int i = 0; i < 10; i++) zz[i] = i % 3 ? -INFINITY : (float)i;   /* 0, 3, 6, 9 */
+    int ids[10]; float pr[10];
+    for (int mode = 0; mode < 4; mode++) {
+        sp = params(1, mode & 1 ? 7 : 0, mode & 2 ? 0.99999f : 1.0f, 0, 1);
+        assert_int_equal(ds4_sampler_init(&s, &sp, 10), 0);
+        int n = ds4_sampler_dist(&s, zz, 10, ids, pr);
+        assert_int_equal(n, 4);
+        for (int i = 0; i < n; i++) { assert_int_equal(ids[i] % 3, 0); assert_true(pr[i] > 0); }
+        for (int t = 0; t < 200; t++) assert_int_equal(ds4_sampler_sample(&s, zz, 10) % 3, 0);
+        ds4_sampler_free(&s);
+    }
 }
 
 int main(void) {

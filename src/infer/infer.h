@@ -35,8 +35,10 @@ typedef struct ds4_cand { float v; int id; } ds4_cand;   /* value, token id */
 typedef struct ds4_sampler {
     ds4_sampler_params p;
     ds4_rng   rng;
-    int       cap;          /* size of the scratch array (vocab) */
-    ds4_cand *cand;         /* [cap] candidates: scaled logit, then weight */
+    int       cap;          /* vocab size the scratch was made for */
+    ds4_cand *cand;         /* [cap] surviving candidates: weight, id */
+    float    *w;            /* [cap rounded up to 8] weights exp((z - z_max)) */
+    int       dense;        /* last filter kept every token: draw from w */
 } ds4_sampler;
 
 void ds4_sampler_params_default(ds4_sampler_params *p);

@@ -1,11 +1,14 @@
 /* sampler.c — next-token sampling: temperature → top-k → top-p → min-p, then
- * one draw from a per-request RNG. Only what is needed gets sorted: top-k is a
- * selection (expected O(V)), top-p sorts growing chunks of the best tokens
- * until the nucleus mass is reached, min-p is a threshold on exp(z - z_max). */
+ * one draw from a per-request RNG. Only what is needed gets sorted: weights
+ * exp(z - z_max) are computed in one vectorised pass, a 1024-bucket histogram
+ * of their float bit patterns (monotone in the weight) bounds where the top-k
+ * / nucleus / min-p cuts can fall, and only the tokens above that bound are
+ * gathered, selected and (for top-p) sorted. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "infer/infer.h"
+#include "kernels/tile.h"
 
 void ds4_sampler_params_default(ds4_sampler_params *p) {
     p->temperature = 0.8f;
@@ -45,14 +48,17 @@ int ds4_sampler_init(ds4_sampler *s, const ds4_sampler_params *p, int vocab) {
     s->p = *p;
     ds4_rng_seed(&s->rng, p->seed);
     s->cand = ds4_malloc((size_t)vocab * sizeof *s->cand);
-    if (!s->cand) return -1;
+    s->w = ds4_malloc((size_t)((vocab + 7) & ~7) * sizeof *s->w);
+    if (!s->cand || !s->w) { ds4_sampler_free(s); return -1; }
     s->cap = vocab;
     return 0;
 }
 
 void ds4_sampler_free(ds4_sampler *s) {
     free(s->cand);
+    free(s->w);
     s->cand = NULL;
+    s->w = NULL;
     s->cap = 0;
 }
 
@@ -91,76 +97,122 @@ static void select_top(ds4_cand *c, int n, int k) {
     }
 }
 
-static int argmax(const float *x, int V) {
-    int best = 0;
-    for (int i = 1; i < V; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
+/* Histogram bucket of a weight in [0, 2): sign-free float bits are monotone
+ * in the value; 8 buckets per octave. */
+#define N_BUCKETS 1024
+static inline int weight_bucket(float w) {
+    uint32_t u;
+    memcpy(&u, &w, 4);
+    return (int)(u >> 20);
 }
 
-/* Fill s->cand[0, n) with the surviving tokens and their unnormalised
- * weights exp(z - z_max); returns n (>= 1) or -1. *total = sum of weights. */
+static void set_greedy(ds4_sampler *s, int best, double *total) {
+    s->cand[0].id = best;
+    s->cand[0].v = 1.0f;
+    s->dense = 0;
+    *total = 1.0;
+}
+
+/* Either s->dense = 1 (every token survives; weights in s->w[0, V)) and
+ * returns V, or fills s->cand[0, n) with the survivors and returns n >= 1.
+ * *total = sum of the surviving weights. -1 on error. */
 static int sampler_filter(ds4_sampler *s, const float *logits, int V, double *total) {
     if (V <= 0 || V > s->cap) {
         ds4_set_error("sampler: logits have %d entries, sampler was made for %d", V, s->cap);
         return -1;
     }
-    ds4_cand *c = s->cand;
-    for (int i = 0; i < V; i++)
-        if (isnan(logits[i]) || logits[i] == INFINITY) {
-            ds4_set_error("sampler: logit %d is %s", i, isnan(logits[i]) ? "NaN" : "+inf");
+    int best = 0;
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        float x = logits[i];
+        if (!(x < INFINITY)) {
+            ds4_set_error("sampler: logit %d is %s", i, isnan(x) ? "NaN" : "+inf");
             return -1;
         }
-    int best = argmax(logits, V);
-    if (logits[best] == -INFINITY) {
+        if (x > mx) { mx = x; best = i; }
+    }
+    if (mx == -INFINITY) {
         ds4_set_error("sampler: every logit is -inf");
         return -1;
     }
     const ds4_sampler_params *p = &s->p;
-    if (p->temperature <= 0 || p->top_k == 1) {          /* greedy */
-        c[0].id = best;
-        c[0].v = 1.0f;
-        *total = 1.0;
+    /* 1. temperature: w = exp((x - max) / T) = exp2((x - max) * log2(e) / T) */
+    float scale = 1.4426950408889634f / p->temperature;
+    if (p->temperature <= 0 || p->top_k == 1 || !isfinite(scale)) {   /* greedy */
+        set_greedy(s, best, total);
         return 1;
     }
-    /* 1. temperature */
-    float inv_t = 1.0f / p->temperature;
-    float zmax = logits[best] * inv_t;
-    if (!isfinite(zmax)) {                                /* tiny temperature: greedy */
-        c[0].id = best;
-        c[0].v = 1.0f;
-        *total = 1.0;
-        return 1;
+    float *w = s->w;                                  /* [V rounded up to 8] */
+    int Vp = (V + 7) & ~7;
+    for (int i = 0; i < V; i++) w[i] = (logits[i] - mx) * scale;
+    for (int i = V; i < Vp; i++) w[i] = -INFINITY;    /* padding: same code path for every token */
+    ds4_tile_exp2_sum(w, Vp, 0.0f);
+    const float wmax = w[best];
+    int use_k = p->top_k > 0 && p->top_k < V, use_p = p->top_p < 1, use_m = p->min_p > 0;
+    if (!use_k && !use_p && !use_m) {
+        double t = 0;
+        for (int i = 0; i < V; i++) t += w[i];
+        s->dense = 1;
+        *total = t;
+        return V;
     }
+    s->dense = 0;
+    /* histogram of the weights: counts and masses per bucket */
+    int cnt[N_BUCKETS];
+    double mass[N_BUCKETS];
+    memset(cnt, 0, sizeof cnt);
+    memset(mass, 0, sizeof mass);
     for (int i = 0; i < V; i++) {
-        c[i].id = i;
-        c[i].v = logits[i] * inv_t;
+        int b = weight_bucket(w[i]);
+        cnt[b]++;
+        mass[b] += w[i];
     }
+    double w_all = 0;
+    for (int b = 0; b < N_BUCKETS; b++) w_all += mass[b];
+    /* Lower bound L on the bucket of any survivor. */
+    int L = 0, Bk = 0;
+    if (use_k) {                                      /* the k-th largest lies in bucket Bk */
+        int c = 0;
+        for (Bk = N_BUCKETS - 1; Bk > 0; Bk--)
+            if ((c += cnt[Bk]) >= p->top_k) break;
+        L = Bk;
+    }
+    if (use_m && !(use_k && use_p)) L = DS4_MAX(L, weight_bucket(p->min_p * wmax));
+    if (use_p && !use_k) {                            /* the nucleus ends in bucket Bp */
+        double target = (double)p->top_p * w_all, c = 0;
+        int Bp;
+        for (Bp = N_BUCKETS - 1; Bp > 0; Bp--)
+            if ((c += mass[Bp]) >= target) break;
+        L = DS4_MAX(L, Bp);
+    }
+    /* With top-k and top-p both on, the top-k mass must be exact: gather from
+     * Bk (the min-p and nucleus cuts then run on the gathered set). */
+    ds4_cand *c = s->cand;
+    int n = 0;
+    for (int i = 0; i < V; i++)
+        if (weight_bucket(w[i]) >= L) { c[n].v = w[i]; c[n].id = i; n++; }
     /* 2. top-k */
-    int n = V;
-    if (p->top_k > 0 && p->top_k < V) {
-        select_top(c, V, p->top_k);
+    if (use_k && n > p->top_k) {
+        select_top(c, n, p->top_k);
         n = p->top_k;
     }
-    /* weights relative to the max (which always survives top-k) */
-    double w_all = 0;
-    for (int i = 0; i < n; i++) {
-        c[i].v = expf(c[i].v - zmax);
-        w_all += c[i].v;
+    if (use_k) {                                      /* mass of the top-k distribution */
+        w_all = 0;
+        for (int i = 0; i < n; i++) w_all += c[i].v;
     }
-    /* 4. min-p (threshold relative to p_max, i.e. weight 1). It keeps a prefix
-     * of the sorted order, as top-p does, so applying it first as a filter and
-     * then cutting the top-p prefix with the mass of the top-k distribution
-     * gives exactly top-p followed by min-p. */
-    if (p->min_p > 0) {
+    /* 4. min-p (p >= min_p * p_max). It keeps a prefix of the sorted order,
+     * as top-p does, so filtering first and then cutting the top-p prefix
+     * with the mass of the top-k distribution is exactly top-p then min-p. */
+    if (use_m) {
+        float thr = p->min_p * wmax;
         int j = 0;
         for (int i = 0; i < n; i++)
-            if (c[i].v >= p->min_p) c[j++] = c[i];
-        n = j;                                            /* the max has weight 1: j >= 1 */
+            if (c[i].v >= thr) c[j++] = c[i];
+        n = j;                                        /* the max passes: j >= 1 */
     }
     /* 3. top-p: sort growing chunks of the best survivors until the mass
      * reaches top_p of the top-k distribution. */
-    if (p->top_p < 1) {
+    if (use_p) {
         double target = (double)p->top_p * w_all, cum = 0;
         int sorted = 0, chunk = 32, cut = n;
         while (sorted < n && cut == n) {
@@ -176,20 +228,31 @@ static int sampler_filter(ds4_sampler *s, const float *logits, int V, double *to
         }
         n = cut;
     }
-    double w = 0;
-    for (int i = 0; i < n; i++) w += c[i].v;
-    *total = w;
-    return n;
+    double t = 0;                                     /* drop weights that underflowed */
+    int j = 0;
+    for (int i = 0; i < n; i++)
+        if (c[i].v > 0) { t += c[i].v; c[j++] = c[i]; }
+    *total = t;
+    return j;                                         /* the max has weight 1: j >= 1 */
 }
 
 int ds4_sampler_sample(ds4_sampler *s, const float *logits, int V) {
     double total;
     int n = sampler_filter(s, logits, V, &total);
     if (n < 0) return -1;
-    if (n == 1) return s->cand[0].id;
+    if (!s->dense && n == 1) return s->cand[0].id;
     double u = (double)(ds4_rng_u64(&s->rng) >> 11) * (1.0 / 9007199254740992.0);  /* [0, 1) */
     double r = u * total, cum = 0;
     int last = 0;
+    if (s->dense) {
+        for (int i = 0; i < n; i++) {
+            if (s->w[i] <= 0) continue;
+            cum += s->w[i];
+            last = i;
+            if (r < cum) return i;
+        }
+        return last;
+    }
     for (int i = 0; i < n; i++) {
         if (s->cand[i].v <= 0) continue;
         cum += s->cand[i].v;
@@ -203,6 +266,12 @@ int ds4_sampler_dist(ds4_sampler *s, const float *logits, int V, int *ids, float
     double total;
     int n = sampler_filter(s, logits, V, &total);
     if (n < 0) return -1;
+    if (s->dense) {                                   /* keep the tokens of nonzero weight */
+        int j = 0;
+        for (int i = 0; i < n; i++)
+            if (s->w[i] > 0) { ids[j] = i; probs[j] = (float)(s->w[i] / total); j++; }
+        return j;
+    }
     for (int i = 0; i < n; i++) {
         ids[i] = s->cand[i].id;
         probs[i] = (float)(s->cand[i].v / total);
