@@ -80,6 +80,8 @@ static inline int ds4_layer_is_moe(const ds4_config *c, int l) {
 /* ---- tokenizer (byte-level BPE, Hugging Face tokenizer.json) ----------- */
 typedef struct ds4_tokenizer ds4_tokenizer;
 
+/* vocab_size counts everything: 256 byte tokens, the learned merges, and the
+ * 6 special tokens appended last (<|bos|> <|eos|> <|video|> <|eov|> <|frame|> <|pad|>). */
 ds4_tokenizer *ds4_tokenizer_train(const char *text, size_t len, int vocab_size,
                                    int verbose);
 ds4_tokenizer *ds4_tokenizer_load(const char *path);
@@ -99,7 +101,7 @@ int  ds4_tokenizer_decode(const ds4_tokenizer *t, const int *ids, size_t n,
 /* Id of a special token such as "<|bos|>", or -1. */
 int  ds4_tokenizer_special(const ds4_tokenizer *t, const char *name);
 
-/* Token shards: a small header ("DS4TOK01", uint32 count of uint32 ids). */
+/* Token shards: "DS4TOK01", uint64 LE count, then count uint32 LE ids. */
 int ds4_shard_write(const char *path, const int *ids, size_t n);
 int ds4_shard_read(const char *path, int **ids, size_t *n);
 
