@@ -99,26 +99,28 @@ void ds4_dot_q8_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, f
 }
 
 /* ---- Q4_0 x Q8_0 --------------------------------------------------------------
- * Nibbles -> bytes: low nibbles are elements 0..15 (lower lane), high nibbles
- * 16..31 (upper lane); minus 8 gives signed weights in -8..7. */
+ * The 16 nibble bytes go to both lanes; the upper lane is shifted right by 4,
+ * so after the mask the lower lane holds elements 0..15 (low nibbles) and the
+ * upper 16..31 (high nibbles), as unsigned q in 0..15. Then
+ * sum (q - 8) x = maddubs(q, x) - maddubs(8, x), pairwise in int16. */
 static inline __attribute__((always_inline)) void dot_q4_0(int n, const ds4_block_q4_0 *w, const char *x,
                                                            size_t xs, int nx, float *o, size_t os) {
     const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4), ones = _mm256_set1_epi16(1);
     __m256 acc[MAXNX][2];
     for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     const int nb = n / DS4_QK4_0;
     for (int b0 = 0; b0 < nb; b0 += ACC(nx)) {
         for (int u = 0; u < ACC(nx) && b0 + u < nb; u++) {
             const int b = b0 + u;
-            __m128i raw = _mm_loadu_si128((const __m128i *)w[b].qs);
-            __m256i qw = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4);
-            qw = _mm256_sub_epi8(qw, eight);
-            __m256i aw = _mm256_sign_epi8(qw, qw);
+            __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w[b].qs));
+            __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
             float dw = h2f(w[b].d);
             for (int r = 0; r < nx; r++) {
                 const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
                 __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-                __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
+                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qw, qx), _mm256_maddubs_epi16(eight, qx));
+                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
                 acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r][u]);
             }
         }
