@@ -3,6 +3,7 @@
  * Memory O(n_q + n_kv): scores exist only as [rows, 64] tiles per thread. */
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,7 @@ typedef struct scratch {
     float *lse2, *D;      /* [R] backward: lse in log2 units, rowsum(dout*out) */
     int *rlo, *rhi;       /* [R] visible range of the row's query */
     int *list;            /* [sel_k] cleaned sel list */
+    uint64_t *bits;       /* [n_kv/64 + 1] zeroed bitmap for clean_sel */
     const float **rows;   /* [BK] key/value row pointers of a tile */
     void *mem;
 } scratch;
@@ -124,6 +126,9 @@ static int geom_init(geom *g, const ds4_attn *a) {
     return 0;
 }
 
+/* Words of the clean_sel bitmap for n_kv keys. */
+static size_t sel_words(int n_kv) { return (size_t)n_kv / 64 + 1; }
+
 /* Allocates one thread's scratch for tiles of up to bq*G rows. Called by
  * each thread inside the parallel region: per-thread arenas make this nearly
  * free, whereas big buffers allocated by the master and freed after every
@@ -135,7 +140,9 @@ static int scratch_init(scratch *s, const geom *g) {
     size_t nf = 3 * (size_t)R * Dh + 2 * (size_t)Dh * BK + 2 * (size_t)R * BK +
                 2 * (size_t)BK * Dh + 4 * (size_t)R;
     nf = (nf + 15) & ~(size_t)15;   /* keep the pointer array below 64-byte aligned */
-    size_t bytes = nf * sizeof(float) + BK * sizeof(float *) + (2 * (size_t)R + selk) * sizeof(int);
+    size_t nbits = g->a->sel ? sel_words(g->a->n_kv) : 0;
+    size_t nint = (2 * (size_t)R + selk + 1) & ~(size_t)1;   /* even: keeps bits 8-byte aligned */
+    size_t bytes = nf * sizeof(float) + BK * sizeof(float *) + nint * sizeof(int) + nbits * sizeof(uint64_t);
     memset(s, 0, sizeof(*s));
     float *f = ds4_alloc_aligned(bytes);
     if (!f) return -1;
@@ -158,6 +165,7 @@ static int scratch_init(scratch *s, const geom *g) {
     s->rlo = ip; ip += R;
     s->rhi = ip; ip += R;
     s->list = ip;
+    s->bits = (uint64_t *)(void *)(s->rlo + nint);
     return 0;
 }
 
@@ -197,20 +205,27 @@ static void gather_q(const geom *g, scratch *s, int t, int kvh, int R) {
 }
 
 /* Sorted, deduplicated, visible entries of query i's sel list; returns count. */
-static int cmp_int(const void *x, const void *y) {
-    int a = *(const int *)x, b = *(const int *)y;
-    return (a > b) - (a < b);
-}
-static int clean_sel(const geom *g, int i, int *list) {
+/* A bitmap over the visible range [lo, hi) sorts and deduplicates in
+ * O(sel_k + (hi - lo)/64); bits [sel_words(n_kv)] is zero on entry and is
+ * left zero. */
+static int clean_sel(const geom *g, int i, int *list, uint64_t *bits) {
     const int *sel = g->a->sel + (size_t)i * g->a->sel_k;
-    int n = 0, lo = g->lo[i], hi = g->hi[i];
-    for (int e = 0; e < g->a->sel_k; e++)
-        if (sel[e] >= lo && sel[e] < hi) list[n++] = sel[e];
-    qsort(list, (size_t)n, sizeof(int), cmp_int);
-    int u = 0;
-    for (int e = 0; e < n; e++)
-        if (u == 0 || list[e] != list[u - 1]) list[u++] = list[e];
-    return u;
+    int lo = g->lo[i], hi = g->hi[i], n = 0;
+    if (hi <= lo) return 0;
+    for (int e = 0; e < g->a->sel_k; e++) {
+        int j = sel[e];
+        if (j >= lo && j < hi) bits[(j - lo) >> 6] |= 1ull << ((j - lo) & 63);
+    }
+    int nw = (hi - lo + 63) / 64;
+    for (int w = 0; w < nw; w++) {
+        uint64_t b = bits[w];
+        bits[w] = 0;
+        while (b) {
+            list[n++] = lo + 64 * w + __builtin_ctzll(b);
+            b &= b - 1;
+        }
+    }
+    return n;
 }
 
 /* Sets masked scores of a [R, BK] tile to -inf: columns >= nk (padding up to
@@ -295,7 +310,7 @@ static void fwd_job(const geom *g, scratch *s, int t, int kvh, int sp, int nsp,
     /* The keys this job covers: a range of indices (dense) or of list slots. */
     int n_list = 0, kl, kh;
     if (a->sel) {
-        n_list = clean_sel(g, row_query(g, t, 0), s->list);
+        n_list = clean_sel(g, row_query(g, t, 0), s->list, s->bits);
         kl = 0; kh = n_list;
     } else {
         kl = g->tlo[t]; kh = g->thi[t];
@@ -517,7 +532,7 @@ static inline float pair_ds(const float *q, const float *k, const float *v, cons
 static void bwd_sparse_q(const geom *g, scratch *s, int i, const float *lse, const float *dout,
                          const float *D, float *dq) {
     const ds4_attn *a = g->a;
-    int Dh = g->Dh, n = clean_sel(g, i, s->list);
+    int Dh = g->Dh, n = clean_sel(g, i, s->list, s->bits);
     float sc = 1.0f / sqrtf((float)Dh);
     for (int h = 0; h < g->H; h++) {
         size_t row = (size_t)i * g->H + h;
@@ -609,8 +624,19 @@ void ds4_attention_backward(const ds4_attn *a, const float *out, const float *ls
         lists = ds4_malloc((size_t)a->n_q * DS4_MAX(a->sel_k, 1) * sizeof(int));
         nl = ds4_malloc((size_t)a->n_q * sizeof(int));
         if (!cnt || !lists || !nl) goto done;
-        #pragma omp parallel for schedule(dynamic, 16) num_threads(nth)
-        for (int i = 0; i < a->n_q; i++) nl[i] = clean_sel(&g, i, lists + (size_t)i * a->sel_k);
+        int nofail = 1;
+        #pragma omp parallel num_threads(nth)
+        {
+            uint64_t *bits = ds4_calloc(sel_words(a->n_kv), sizeof(uint64_t));
+            if (!bits) {
+                #pragma omp atomic write
+                nofail = 0;
+            }
+            #pragma omp for schedule(dynamic, 16)
+            for (int i = 0; i < a->n_q; i++) nl[i] = bits ? clean_sel(&g, i, lists + (size_t)i * a->sel_k, bits) : 0;
+            free(bits);
+        }
+        if (!nofail) goto done;
         size_t total = 0;
         for (int i = 0; i < a->n_q; i++) total += (size_t)nl[i];
         qidx = ds4_malloc(DS4_MAX(total, 1) * sizeof(int));
