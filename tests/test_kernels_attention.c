@@ -231,6 +231,22 @@ static void test_no_visible_key(void **state) {
         for (int i = 0; i < 16; i++) assert_true(out[i] == 0.0f);
         assert_true(s ? fabsf(lse[0] - 0.5f) < 1e-6f : lse[0] == -INFINITY);
     }
+    /* no keys at all (empty cache): the same, forward and backward */
+    a.n_kv = 0;
+    a.kpos = NULL;
+    for (int s = 0; s < 2; s++) {
+        a.sinks = s ? sinks : NULL;
+        for (int i = 0; i < 16; i++) out[i] = NAN;
+        ds4_attention_forward(&a, out, lse);
+        for (int i = 0; i < 16; i++) assert_true(out[i] == 0.0f);
+        float dq[16] = {0}, ds[1] = {0}, dout[16];
+        for (int i = 0; i < 16; i++) dout[i] = 1.0f;
+        ds4_attention_backward(&a, out, lse, dout, dq, NULL, NULL, ds);
+        for (int i = 0; i < 16; i++) assert_true(dq[i] == 0.0f);
+        assert_true(ds[0] == 0.0f);   /* D = dout . out = 0 */
+    }
+    a.n_kv = 3;
+    a.kpos = kpos;
     /* one visible key with value 1 and a sink: out = 1 * p_key */
     qpos[1] = 2;
     a.sinks = sinks;
