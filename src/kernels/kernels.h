@@ -10,6 +10,8 @@
 /* ---- linear layers (OpenBLAS sgemm) --------------------------------------
  * y[n,out] = x[n,in] @ w[out,in]^T ; if acc, y += instead of y =. */
 void ds4_matmul(float *y, const float *x, const float *w, int n, int in, int out, int acc);
+/* Same product for n <= 4 rows without packing w (gemv.c); ds4_matmul uses it. */
+void ds4_matmul_small(float *y, const float *x, const float *w, int n, int in, int out, int acc);
 /* dx[n,in] += dy[n,out] @ w[out,in]   (skipped if dx == NULL)
  * dw[out,in] += dy[n,out]^T @ x[n,in] (skipped if dw == NULL) */
 void ds4_matmul_backward(float *dx, float *dw, const float *dy, const float *x,

@@ -4,6 +4,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -20,7 +21,8 @@ void ds4_matmul(float *y, const float *x, const float *w, int n, int in, int out
         if (!acc) memset(y, 0, (size_t)n * out * sizeof(float));
         return;
     }
-    /* y[n,out] = x[n,in] @ w[out,in]^T */
+    /* y[n,out] = x[n,in] @ w[out,in]^T; a few rows (decode): one pass over w */
+    if (n <= 4) { ds4_matmul_small(y, x, w, n, in, out, acc); return; }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in,
                 1.0f, x, in, w, in, acc ? 1.0f : 0.0f, y, out);
 }
@@ -92,6 +94,22 @@ void ds4_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
 static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float theta, float sign) {
     int half = hd / 2;
     enum { CH = 64 };
+    double *inv = malloc((size_t)DS4_MAX(half, 1) * sizeof(double));   /* [hd/2] theta^(-2i/hd) */
+    if (!inv) {   /* cannot happen in practice; fall back to one pow per use */
+        #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < half; i++) {
+                double ang = pos[r] * pow((double)theta, -2.0 * i / (double)hd), c = cos(ang), s = sin(ang);
+                for (int h = 0; h < nh; h++) {
+                    float *a = x + (size_t)r * nh * hd + (size_t)h * hd + i, *b = a + half;
+                    float x1 = *a, x2 = *b;
+                    *a = x1 * (float)c - x2 * sign * (float)s;
+                    *b = x2 * (float)c + x1 * sign * (float)s;
+                }
+            }
+        return;
+    }
+    for (int i = 0; i < half; i++) inv[i] = pow((double)theta, -2.0 * (double)i / (double)hd);
     #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
     for (int r = 0; r < n; r++) {
         float cs[CH], sn[CH];
@@ -100,10 +118,10 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
         for (int i0 = 0; i0 < half; i0 += CH) {
             int m = DS4_MIN(CH, half - i0);
             for (int i = 0; i < m; i++) {
-                double inv = pow((double)theta, -2.0 * (double)(i0 + i) / (double)hd);
-                double ang = p * inv;
-                cs[i] = (float)cos(ang);
-                sn[i] = sign * (float)sin(ang);
+                double s, c;
+                sincos(p * inv[i0 + i], &s, &c);
+                cs[i] = (float)c;
+                sn[i] = sign * (float)s;
             }
             for (int h = 0; h < nh; h++) {
                 float *a = xr + (size_t)h * hd + i0, *b = a + half;
@@ -115,6 +133,7 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
             }
         }
     }
+    free(inv);
 }
 
 void ds4_rope(float *x, const int *pos, int n, int nh, int hd, float theta) {

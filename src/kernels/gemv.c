@@ -1,0 +1,52 @@
+/* gemv.c — fp32 matrix products for a few rows (decode): y[n,out] = x[n,in] @
+ * w[out,in]^T reading each weight row once for all n <= 4 inputs, AVX2/FMA,
+ * split over output rows by OpenMP. OpenBLAS sgemm packs the whole weight
+ * matrix first, which doubles the memory traffic when n is tiny. */
+#include <stddef.h>
+#include "kernels/kernels.h"
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* dot products of one weight row with n (<= 4) input rows */
+static inline void row_dots(float *out, const float *w, const float *x, int n, int in) {
+    int k = 0;
+    float r[4] = {0, 0, 0, 0};
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 a0[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 a1[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; k + 16 <= in; k += 16) {
+        const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
+        for (int j = 0; j < n; j++) {
+            a0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + (size_t)j * in + k), a0[j]);
+            a1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + (size_t)j * in + k + 8), a1[j]);
+        }
+    }
+    for (int j = 0; j < n; j++) r[j] = hsum256(_mm256_add_ps(a0[j], a1[j]));
+#endif
+    for (; k < in; k++)
+        for (int j = 0; j < n; j++) r[j] += w[k] * x[(size_t)j * in + k];
+    for (int j = 0; j < n; j++) out[j] = r[j];
+}
+
+void ds4_matmul_small(float *y, const float *x, const float *w, int n, int in, int out, int acc) {
+    for (int j0 = 0; j0 < n; j0 += 4) {
+        const int nb = n - j0 < 4 ? n - j0 : 4;
+        const float *xb = x + (size_t)j0 * in;
+        #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
+        for (int o = 0; o < out; o++) {
+            float d[4];
+            row_dots(d, w + (size_t)o * in, xb, nb, in);
+            for (int j = 0; j < nb; j++) {
+                float *yy = y + (size_t)(j0 + j) * out + o;
+                *yy = acc ? *yy + d[j] : d[j];
+            }
+        }
+    }
+}
