@@ -4,7 +4,6 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
@@ -93,23 +92,10 @@ void ds4_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
  * applied to all heads. */
 static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float theta, float sign) {
     int half = hd / 2;
-    enum { CH = 64 };
-    double *inv = malloc((size_t)DS4_MAX(half, 1) * sizeof(double));   /* [hd/2] theta^(-2i/hd) */
-    if (!inv) {   /* cannot happen in practice; fall back to one pow per use */
-        #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
-        for (int r = 0; r < n; r++)
-            for (int i = 0; i < half; i++) {
-                double ang = pos[r] * pow((double)theta, -2.0 * i / (double)hd), c = cos(ang), s = sin(ang);
-                for (int h = 0; h < nh; h++) {
-                    float *a = x + (size_t)r * nh * hd + (size_t)h * hd + i, *b = a + half;
-                    float x1 = *a, x2 = *b;
-                    *a = x1 * (float)c - x2 * sign * (float)s;
-                    *b = x2 * (float)c + x1 * sign * (float)s;
-                }
-            }
-        return;
-    }
-    for (int i = 0; i < half; i++) inv[i] = pow((double)theta, -2.0 * (double)i / (double)hd);
+    enum { CH = 64, MAXHALF = 512 };
+    double inv[MAXHALF];   /* [hd/2] theta^(-2i/hd); beyond head_dim 1024, pow on the fly */
+    int tab = half <= MAXHALF;
+    for (int i = 0; tab && i < half; i++) inv[i] = pow((double)theta, -2.0 * (double)i / (double)hd);
     #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
     for (int r = 0; r < n; r++) {
         float cs[CH], sn[CH];
@@ -118,8 +104,9 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
         for (int i0 = 0; i0 < half; i0 += CH) {
             int m = DS4_MIN(CH, half - i0);
             for (int i = 0; i < m; i++) {
+                double f = tab ? inv[i0 + i] : pow((double)theta, -2.0 * (double)(i0 + i) / (double)hd);
                 double s, c;
-                sincos(p * inv[i0 + i], &s, &c);
+                sincos(p * f, &s, &c);
                 cs[i] = (float)c;
                 sn[i] = sign * (float)s;
             }
@@ -133,7 +120,6 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
             }
         }
     }
-    free(inv);
 }
 
 void ds4_rope(float *x, const int *pos, int n, int nh, int hd, float theta) {
