@@ -68,10 +68,15 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--vocab", type=int, default=4096)
+    ap.add_argument("--hidden", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--ffn", type=int, default=1024)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    V, D, L, H, F_ = 4096, 384, 8, 6, 1024
+    V, D, L, H, F_ = a.vocab, a.hidden, a.layers, a.heads, a.ffn
     m = Model(V, D, L, H, F_)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95))
     ids = torch.randint(0, V, (a.batch, a.seq + 1))

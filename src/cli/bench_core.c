@@ -33,17 +33,48 @@ static int load_cfg(const char *cmd, const char *path, ds4_config *c) {
     return 0;
 }
 
+/* Runs bench/torch_train.py on the same dense config; returns its tokens/s or 0. */
+static double run_torch_peer(const ds4_config *c, int threads, long steps, long B, long T) {
+    if (c->n_routed_experts > 0 || c->num_key_value_heads != c->num_attention_heads) {
+        fprintf(stderr, "bench train: the PyTorch peer covers dense models without GQA only\n");
+        return 0;
+    }
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "/usr/bin/python3 bench/torch_train.py --threads %d --steps %ld --batch %ld --seq %ld "
+             "--vocab %d --hidden %d --layers %d --heads %d --ffn %d 2>&1",
+             threads, steps, B, T, c->vocab_size, c->hidden_size, c->num_hidden_layers,
+             c->num_attention_heads, c->intermediate_size);
+    fprintf(stderr, "running the PyTorch peer...\n");
+    FILE *p = popen(cmd, "r");
+    if (!p) return 0;
+    char line[1024];
+    double tps = 0;
+    while (fgets(line, sizeof line, p)) {
+        const char *k = strstr(line, "\"tokens_per_s\": ");
+        if (k) tps = strtod(k + 16, NULL);
+    }
+    if (pclose(p) != 0 || tps <= 0) {
+        fprintf(stderr, "bench train: the PyTorch peer did not run (needs /usr/bin/python3 with torch, run from the repo root)\n");
+        return 0;
+    }
+    return tps;
+}
+
 int bench_train(int argc, char **argv) {
     const char *cfg_path = NULL;
     long steps = 4, B = 8, T = 256;
     double price = 0;
+    int torch = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        if (!strcmp(a, "--torch")) { torch = 1; continue; }
         if (cli_is_help(a)) {
-            printf("usage: ds4 bench train [--config F] [--steps N] [--batch B] [--seq T] [--price-per-hour X]\n"
+            printf("usage: ds4 bench train [--config F] [--steps N] [--batch B] [--seq T] [--torch] [--price-per-hour X]\n"
                    "Times forward+backward+AdamW steps on random tokens (default: the dense 17.3M model of\n"
                    "SPEC §4, B 8 x T 256) and compares achieved GFLOP/s with OpenBLAS sgemm measured now.\n"
-                   "PyTorch peer: /usr/bin/python3 bench/torch_train.py (same config and threads).\n");
+                   "--torch also runs the PyTorch peer (bench/torch_train.py, Debian python3-torch) on the\n"
+                   "same dense config, threads, batch and steps, right after ds4, and reports the ratio.\n");
             return 0;
         }
         if (!(v = cli_value(argc, argv, &i))) return 2;
@@ -93,11 +124,18 @@ int bench_train(int argc, char **argv) {
     printf("  achieved GFLOP/s   %.1f (3 x forward FLOPs, %.1f MFLOP/token)\n", gflops, 3 * cost.total / 1e6);
     printf("  sgemm GFLOP/s      %.1f (OpenBLAS 1024^3, same run)\n", peak);
     printf("  fraction of sgemm  %.1f%%  (target >= 50%%)\n", 100 * gflops / peak);
-    printf("  PyTorch peer (SPEC §4, 2 threads): 469 tok/s -> ratio %.2fx (run bench/torch_train.py to remeasure)\n", tps / 469.0);
+    double torch_tps = 0;
+    if (torch) torch_tps = run_torch_peer(&c, threads, steps, B, T);
+    if (torch_tps > 0)
+        printf("  PyTorch peer         %.0f tok/s (same run) -> ds4 is %.2fx  (target >= 1.5x)\n", torch_tps, tps / torch_tps);
+    else
+        printf("  PyTorch peer         not run (--torch); SPEC §4 figure 469 tok/s at 2 threads -> %.2fx\n", tps / 469.0);
     if (price > 0) printf("  cost               $%.4f per 1M tokens at $%.3f/h\n", price / (3600 * tps) * 1e6, price);
     printf("{\"bench\":\"train\",\"threads\":%d,\"params\":%zu,\"batch\":%ld,\"seq\":%ld,\"tokens_per_s\":%.1f,"
-           "\"gflops\":%.2f,\"sgemm_gflops\":%.2f,\"fraction_of_sgemm\":%.4f,\"step_s\":%.4f}\n",
-           threads, ds4_model_n_params(m), B, T, tps, gflops, peak, gflops / peak, mean);
+           "\"gflops\":%.2f,\"sgemm_gflops\":%.2f,\"fraction_of_sgemm\":%.4f,\"step_s\":%.4f,"
+           "\"torch_tokens_per_s\":%.1f,\"ratio_vs_torch\":%.3f}\n",
+           threads, ds4_model_n_params(m), B, T, tps, gflops, peak, gflops / peak, mean, torch_tps,
+           torch_tps > 0 ? tps / torch_tps : 0.0);
     ds4_adamw_free(&opt);
     free(ids); free(grads);
     ds4_train_ctx_free(ctx);
