@@ -17,22 +17,32 @@
 
 /* ---- CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) ------------------- */
 
-static uint32_t crc_table[256];
+static uint32_t crc_table[8][256];   /* slicing-by-8 tables */
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
+        crc_table[0][i] = c;
     }
+    for (int t = 1; t < 8; t++)
+        for (int i = 0; i < 256; i++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
 uint32_t ds4_world_crc32(uint32_t crc, const void *data, size_t len) {
     pthread_once(&crc_once, crc_init);
     const uint8_t *p = data;
     crc = ~crc;
-    for (size_t i = 0; i < len; i++) crc = crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+    for (; len >= 8; p += 8, len -= 8) {
+        uint32_t a = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        uint32_t b = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        crc = crc_table[7][a & 0xff] ^ crc_table[6][(a >> 8) & 0xff] ^ crc_table[5][(a >> 16) & 0xff] ^
+              crc_table[4][a >> 24] ^ crc_table[3][b & 0xff] ^ crc_table[2][(b >> 8) & 0xff] ^
+              crc_table[1][(b >> 16) & 0xff] ^ crc_table[0][b >> 24];
+    }
+    for (size_t i = 0; i < len; i++) crc = crc_table[0][(crc ^ p[i]) & 0xff] ^ (crc >> 8);
     return ~crc;
 }
 

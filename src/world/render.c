@@ -51,7 +51,9 @@ void ds4_world_render(const ds4_world_sim *s, uint8_t *rgb, int width, int heigh
     const ds4_world_scene *sc = &s->sc;
     const double ppm = width / sc->width_m;
     const uint8_t *bg = ds4_world_palette[DS4_WC_BACKGROUND];
-    for (size_t p = 0; p < (size_t)width * height; p++) memcpy(rgb + 3 * p, bg, 3);
+    const size_t row_bytes = (size_t)width * 3;
+    for (int col = 0; col < width; col++) memcpy(rgb + 3 * col, bg, 3);
+    for (int row = 1; row < height; row++) memcpy(rgb + row * row_bytes, rgb, row_bytes);
     for (int i = 0; i < s->n_particles; i++)
         ds4_world_draw_disc(rgb, width, height, ppm, s->px[i], s->py[i], DS4_WORLD_WATER_RADIUS,
                             ds4_world_palette[DS4_WC_WATER]);
@@ -67,8 +69,10 @@ void ds4_world_render(const ds4_world_sim *s, uint8_t *rgb, int width, int heigh
     while (right > 0 && (right - 0.5) / ppm > sc->width_m - sc->wall_m) right--;
     for (int row = 0; row < height; row++) {
         int floor_row = (height - row - 0.5) / ppm < sc->wall_m;
-        uint8_t *line = rgb + (size_t)row * width * 3;
-        for (int col = 0; col < width; col++)
-            if (floor_row || col < left || col >= right) memcpy(line + 3 * col, wall, 3);
+        uint8_t *line = rgb + row * row_bytes;
+        for (int col = 0; col < width; col++) {
+            if (!floor_row && col == left && right > left) col = right;   /* skip the interior */
+            if (col < width) memcpy(line + 3 * col, wall, 3);
+        }
     }
 }

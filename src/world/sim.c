@@ -10,16 +10,16 @@
 #include "world/world.h"
 
 /* Fluid constants (metres, seconds). The fluid steps once per FL_EVERY ball
- * substeps: with 24 fps x 8 that is 96 fluid steps per second. */
+ * substeps: with 24 fps x 8 that is 48 fluid steps per second. */
 #define FL_H        0.20     /* interaction radius */
 #define FL_RHO0     1.6      /* rest density (sum of (1-q)^2): about 0.1 m spacing */
-#define FL_K        60.0     /* pressure stiffness, m/s^2 per unit density */
-#define FL_KNEAR    120.0    /* near-pressure stiffness */
+#define FL_K        15.0     /* pressure stiffness, m/s^2 per unit density (stable: dt^2 k ~ 0.0065) */
+#define FL_KNEAR    25.0     /* near-pressure stiffness */
 #define FL_VISC_LIN 4.0      /* linear viscosity, 1/s */
 #define FL_VISC_QUAD 0.5     /* quadratic viscosity, 1/m */
 #define FL_PR       0.05     /* particle collision radius against walls and balls */
 #define FL_VMAX     12.0     /* speed cap, m/s */
-#define FL_EVERY    2
+#define FL_EVERY    4
 #define FL_MAX_PAIRS_PER 24  /* pair storage per particle */
 
 /* ---- scenes ---------------------------------------------------------------- */
@@ -176,7 +176,7 @@ ds4_world_sim *ds4_world_sim_new(const ds4_world_scene *sc) {
     s->py = s->px + np;     s->pvx = s->px + 2 * np; s->pvy = s->px + 3 * np;
     s->qx = s->px + 4 * np; s->qy = s->px + 5 * np;
     s->cell_of = s->cell_items + np;
-    s->emit_acc = 1.0;     /* the first particle leaves at t_start */
+    s->emit_acc = 0.0;
     return s;
 }
 
@@ -445,23 +445,7 @@ static int water_substep(ds4_world_sim *s, double t, double dt, int frame) {
     double *geo = s->fscratch + 4 * (size_t)s->sc.water.max_particles;   /* [n_pairs][3]: q, unit vector */
     const int *pairs = s->pairs;
 
-    /* gravity, then viscosity impulses over the previous step's pairs (Jacobi:
-     * all from the velocities before this pass, no dependency between pairs) */
     for (int i = 0; i < n; i++) s->pvy[i] -= sc->g * dt;
-    memset(dx, 0, (size_t)2 * n * sizeof(double));
-    for (int p = 0; p < s->n_pairs; p++) {
-        int i = pairs[2 * p], j = pairs[2 * p + 1];
-        double rx = s->px[j] - s->px[i], ry = s->py[j] - s->py[i], r = sqrt(rx * rx + ry * ry) + 1e-12;
-        double w = r < FL_H ? 1.0 - r / FL_H : 0.0;
-        rx /= r; ry /= r;
-        double u = (s->pvx[i] - s->pvx[j]) * rx + (s->pvy[i] - s->pvy[j]) * ry;
-        u = u > 0 ? u : 0.0;
-        double imp = dt * w * (FL_VISC_LIN * u + FL_VISC_QUAD * u * u);
-        imp = imp < 0.5 * u ? imp : 0.5 * u;              /* never reverse the approach */
-        dx[i] -= 0.5 * imp * rx; dy[i] -= 0.5 * imp * ry;
-        dx[j] += 0.5 * imp * rx; dy[j] += 0.5 * imp * ry;
-    }
-    for (int i = 0; i < n; i++) { s->pvx[i] += dx[i]; s->pvy[i] += dy[i]; }
     /* predict positions */
     for (int i = 0; i < n; i++) {
         double v2 = s->pvx[i] * s->pvx[i] + s->pvy[i] * s->pvy[i];
@@ -524,6 +508,20 @@ static int water_substep(ds4_world_sim *s, double t, double dt, int frame) {
         s->pvx[i] = (s->px[i] - s->qx[i]) / dt;
         s->pvy[i] = (s->py[i] - s->qy[i]) / dt;
     }
+    /* viscosity impulses between approaching neighbours (Jacobi, reusing the
+     * pair geometry of the relaxation) */
+    memset(dx, 0, (size_t)2 * n * sizeof(double));
+    for (int p = 0; p < np; p++) {
+        int i = pairs[2 * p], j = pairs[2 * p + 1];
+        double q = geo[3 * p], rx = geo[3 * p + 1], ry = geo[3 * p + 2];
+        double u = (s->pvx[i] - s->pvx[j]) * rx + (s->pvy[i] - s->pvy[j]) * ry;
+        if (q <= 0 || u <= 0) continue;
+        double imp = dt * q * (FL_VISC_LIN * u + FL_VISC_QUAD * u * u);
+        imp = 0.5 * (imp < 0.5 * u ? imp : 0.5 * u);       /* never reverse the approach */
+        dx[i] -= imp * rx; dy[i] -= imp * ry;
+        dx[j] += imp * rx; dy[j] += imp * ry;
+    }
+    for (int i = 0; i < n; i++) { s->pvx[i] += dx[i]; s->pvy[i] += dy[i]; }
     return 0;
 }
 
