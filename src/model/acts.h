@@ -27,6 +27,11 @@ typedef struct ds4_layer_acts {
     float *ey;              /* [n*k, D]  expert outputs before weighting */
     float *sg, *su, *sh;    /* [n, S*Fm] shared experts */
     float *ffn;             /* [n, D]    FFN output */
+    /* MoE training hooks (set by src/train/step.c; NULL/0 in inference) */
+    const int *seq;         /* [n] sequence of each token: marks a training forward (aux loss per sequence, capacity) */
+    float aux_scale;        /* backward: weight of the aux-loss gradient (the micro-batch's loss scale) */
+    float balance;          /* forward output: ds4_moe_balance_stat of this layer (aux loss = alpha * balance) */
+    int   over_capacity;    /* forward output: slots kept over capacity (ds4_moe_apply_capacity) */
 } ds4_layer_acts;
 
 typedef struct ds4_acts {

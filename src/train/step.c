@@ -2,9 +2,11 @@
  * cross-entropy, backward into the gradient buffer; and forward-only loss. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include "kernels/kernels.h"
 #include "model/acts.h"
 #include "model/forward.h"
+#include "model/moe.h"
 #include "train/train.h"
 #include "util/util.h"
 
@@ -13,6 +15,10 @@ struct ds4_train_ctx {
     ds4_acts *acts;
     ds4_kv_cache *kv;
     int *tokens, *seq, *targets;     /* [B*T] */
+    /* MoE balancing (SPEC §1.2), reset by ds4_train_ctx_moe_step */
+    int64_t *moe_loads;              /* [L, E] token-slots per expert over the step's micro-batches */
+    double moe_balance;              /* sum over micro-batches of the layers' summed balance statistic */
+    long moe_micro;                  /* micro-batches counted */
 };
 
 ds4_train_ctx *ds4_train_ctx_create(const ds4_model *m, int B, int T) {
@@ -28,6 +34,11 @@ ds4_train_ctx *ds4_train_ctx_create(const ds4_model *m, int B, int T) {
     t->targets = ds4_calloc((size_t)n, sizeof(int));
     if (!t->acts || !t->kv || !t->tokens || !t->seq || !t->targets) { ds4_train_ctx_free(t); return NULL; }
     for (int i = 0; i < n; i++) t->seq[i] = i / T;
+    if (m->cfg.n_routed_experts > 0) {      /* MoE hook: training forwards know their sequences */
+        t->moe_loads = ds4_calloc((size_t)m->cfg.num_hidden_layers * m->cfg.n_routed_experts, sizeof(int64_t));
+        if (!t->moe_loads) { ds4_train_ctx_free(t); return NULL; }
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++) t->acts->l[l].seq = t->seq;
+    }
     return t;
 }
 
@@ -36,6 +47,7 @@ void ds4_train_ctx_free(ds4_train_ctx *t) {
     ds4_acts_free(t->acts);
     ds4_kv_cache_free(t->kv);
     free(t->tokens); free(t->seq); free(t->targets);
+    free(t->moe_loads);
     free(t);
 }
 
@@ -64,6 +76,12 @@ double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, 
     const int n = b.n;
     float *lg = t->acts->logits;          /* [n, V]: becomes dlogits in place */
     double loss = ds4_softmax_xent(lg, lg, t->targets, n, m->cfg.vocab_size, loss_scale / (float)n);
+    if (t->moe_loads) {                     /* MoE hook: aux-loss gradient weight, step loads */
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++) t->acts->l[l].aux_scale = loss_scale;
+        ds4_moe_loads_add(&m->cfg, t->acts, t->moe_loads);
+        t->moe_balance += ds4_moe_balance_stat_sum(&m->cfg, t->acts);
+        t->moe_micro++;
+    }
     if (ds4_backward(m, &b, t->kv, t->acts, lg, grads) != 0) return NAN;
     return loss / n;
 }
@@ -72,4 +90,29 @@ double ds4_train_ctx_loss(ds4_train_ctx *t, const ds4_model *m, const int *ids) 
     ds4_batch b;
     if (run_forward(t, m, ids, &b) != 0) return NAN;
     return ds4_softmax_xent(NULL, t->acts->logits, t->targets, b.n, m->cfg.vocab_size, 1.0f) / b.n;
+}
+
+void ds4_train_ctx_moe_step(ds4_train_ctx *t, ds4_model *m, ds4_moe_step_stats *st) {
+    if (st) memset(st, 0, sizeof *st);
+    if (!t->moe_loads) return;
+    const ds4_config *c = &m->cfg;
+    const int E = c->n_routed_experts;
+    if (st) {
+        st->moe = 1;
+        st->aux_loss = t->moe_micro ? c->aux_loss_alpha * t->moe_balance / t->moe_micro : 0;
+        int nl = 0;
+        for (int l = 0; l < c->num_hidden_layers; l++) {
+            if (!ds4_layer_is_moe(c, l)) continue;
+            ds4_moe_load_stats ls;
+            ds4_moe_load_stats_of(t->moe_loads + (size_t)l * E, E, &ls);
+            st->utilization += ls.utilization;
+            st->max_vio += ls.max_vio;
+            nl++;
+        }
+        if (nl) { st->utilization /= nl; st->max_vio /= nl; }
+    }
+    ds4_moe_bias_update_model(m, t->moe_loads);
+    memset(t->moe_loads, 0, sizeof(int64_t) * (size_t)c->num_hidden_layers * E);
+    t->moe_balance = 0;
+    t->moe_micro = 0;
 }

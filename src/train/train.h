@@ -60,4 +60,17 @@ double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, 
 /* Forward only: mean loss of a batch (for validation). */
 double ds4_train_ctx_loss(ds4_train_ctx *t, const ds4_model *m, const int *ids);
 
+/* MoE load balancing (SPEC §1.2), called once after each optimizer step:
+ * applies the load-bias update b_i += u * sign(mean_load - load_i) to every
+ * MoE layer from the loads counted by ds4_train_ctx_step since the last call
+ * (all micro-batches), when router_bias_update_rate > 0; fills st (may be
+ * NULL) and resets the counts. Nothing for a dense model (st->moe = 0). */
+typedef struct ds4_moe_step_stats {
+    int    moe;              /* the model has MoE layers */
+    double aux_loss;         /* aux_loss_alpha x balance statistic, summed over MoE layers, mean over micro-batches */
+    double utilization;      /* mean over MoE layers of mean(load) / max(load) in the step */
+    double max_vio;          /* mean over MoE layers of (max - mean) / mean */
+} ds4_moe_step_stats;
+void ds4_train_ctx_moe_step(ds4_train_ctx *t, ds4_model *m, ds4_moe_step_stats *st);
+
 #endif

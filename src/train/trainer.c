@@ -295,6 +295,8 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         }
         const float gnorm = ds4_clip_grad_norm(m, grads, o.grad_clip);
         ds4_adamw_step(&opt, m, grads, lr);
+        ds4_moe_step_stats ms;                  /* MoE: load-bias update, aux loss of the step */
+        ds4_train_ctx_moe_step(ctx, m, &ms);
         rs.step++;
         const double now = ds4_time_s(), dt = now - ts;
         const double tps = tokens_per_step * (rs.step - first) / (now - t0);
@@ -305,6 +307,8 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         fprintf(log, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.4f,\"tokens_per_s\":%.1f,"
                      "\"step_s\":%.4f", rs.step, loss, lr, gnorm, tokens_per_step / dt, dt);
         if (!isnan(vl)) fprintf(log, ",\"val_loss\":%.6f", vl);
+        if (ms.moe) fprintf(log, ",\"aux_loss\":%.6f,\"moe_utilization\":%.4f,\"moe_max_vio\":%.4f",
+                            ms.aux_loss, ms.utilization, ms.max_vio);
         fprintf(log, "}\n");
         fflush(log);
         char eta[32];
