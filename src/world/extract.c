@@ -61,8 +61,12 @@ int ds4_world_extract(const uint8_t *rgb, int width, int height, double px_per_m
         }
     }
     if (water) {
-        if (wb.area > 0) finish_blob(&wb, wsc, wsr, height, px_per_m);
-        else memset(&wb, 0, sizeof wb), wb.color = DS4_WC_WATER;
+        if (wb.area > 0) {
+            finish_blob(&wb, wsc, wsr, height, px_per_m);
+        } else {
+            memset(&wb, 0, sizeof wb);
+            wb.color = DS4_WC_WATER;
+        }
         *water = wb;
     }
     for (size_t p0 = 0; p0 < npix; p0++) {
