@@ -124,29 +124,33 @@ static void test_vec_dot_extremes(void **state) {
             fail_msg("%s extremes: %.9g, want %.9g", c[i].name, c[i].got, c[i].want);
 }
 
-/* The multi-row kernels (one weight row, 1..4 activation rows) equal 1-row calls. */
-static void test_multirow(void **state) {
+/* Every kernel tile shape (nw weight rows x nx activation rows) gives exactly
+ * the 1 x 1 results: a row's output must not depend on its batch. */
+static void test_tiles(void **state) {
     (void)state;
     ds4_rng r;
     ds4_rng_seed(&r, 32);
-    int n = 1024;
+    static const int shapes[][2] = {{1, 1}, {1, 2}, {1, 3}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {4, 1}};
     for (int t = 0; t < DS4_Q_COUNT; t++) {
-        size_t xb = ds4_q_act_row_bytes((ds4_qtype)t, n);
-        float *w = randv(&r, n, 0.1f), *x = randv(&r, 4 * (size_t)n, 1.0f);
-        void *wq = malloc(ds4_q_row_bytes((ds4_qtype)t, n)), *xq = malloc(4 * xb);
-        assert_int_equal(ds4_q_quantize((ds4_qtype)t, w, wq, 1, n), 0);
+        int n = t == DS4_Q_F32 ? 1000 : 1024;
+        size_t xb = ds4_q_act_row_bytes((ds4_qtype)t, n), wb = ds4_q_row_bytes((ds4_qtype)t, n);
+        float *w = randv(&r, 4 * (size_t)n, 0.1f), *x = randv(&r, 4 * (size_t)n, 1.0f);
+        void *wq = malloc(4 * wb), *xq = malloc(4 * xb);
+        assert_int_equal(ds4_q_quantize((ds4_qtype)t, w, wq, 4, n), 0);
         assert_int_equal(ds4_q_quantize_act((ds4_qtype)t, x, xq, 4, n), 0);
         for (int simd = 0; simd <= 1; simd++) {
             ds4_q_dot_fn dot = ds4_q_dot_kernel((ds4_qtype)t, simd);
-            for (int nx = 1; nx <= 4; nx++) {
-                float out[8] = {0}, one;
-                dot(n, wq, xq, xb, nx, out, 2);
-                for (int k = 0; k < nx; k++) {
-                    dot(n, wq, (const char *)xq + k * xb, xb, 1, &one, 1);
-                    if (out[2 * k] != one)
-                        fail_msg("%s simd=%d nx=%d row %d: %.9g vs %.9g", ds4_q_type_name((ds4_qtype)t),
-                                 simd, nx, k, out[2 * k], one);
-                }
+            for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+                int nw = shapes[s][0], nx = shapes[s][1];
+                float out[4 * 5] = {0}, one;
+                dot(n, wq, wb, nw, xq, xb, nx, out, 5);
+                for (int k = 0; k < nw; k++)
+                    for (int i = 0; i < nx; i++) {
+                        dot(n, (const char *)wq + k * wb, wb, 1, (const char *)xq + i * xb, xb, 1, &one, 1);
+                        if (out[i * 5 + k] != one)
+                            fail_msg("%s simd=%d tile %dx%d w%d x%d: %.9g vs %.9g", ds4_q_type_name((ds4_qtype)t),
+                                     simd, nw, nx, k, i, out[i * 5 + k], one);
+                    }
             }
         }
         free(w); free(x); free(wq); free(xq);
@@ -189,6 +193,14 @@ static void check_matmul(ds4_rng *r, ds4_qtype t, int n, int in, int out) {
                          i, o, got, fp32, abound);
             assert_true(yq[(size_t)i * out + o] == got);
         }
+    /* one row at a time gives the same bits as the batch */
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(ds4_q_matmul(t, yr, x + (size_t)i * in, wq, 1, in, out), 0);
+        for (int o = 0; o < out; o++)
+            if (yr[o] != y[(size_t)i * out + o])
+                fail_msg("%s n=%d: row %d alone gives y[%d] = %.9g, in the batch %.9g", ds4_q_type_name(t), n, i, o,
+                         yr[o], y[(size_t)i * out + o]);
+    }
     free(w); free(x); free(wd); free(xd); free(y); free(yr); free(yq); free(wq); free(xq);
 }
 
@@ -231,7 +243,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_extremes),
-        cmocka_unit_test(test_multirow),
+        cmocka_unit_test(test_tiles),
         cmocka_unit_test(test_matmul_shapes),
         cmocka_unit_test(test_matmul_errors),
     };

@@ -145,25 +145,35 @@ int ds4_q_quantize_act(ds4_qtype t, const float *x, void *xq, int n, int in) {
 }
 
 /* ---- dot kernels --------------------------------------------------------------------- */
-static void dot_f32_ref(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    for (int r = 0; r < nx; r++) {
-        const float *a = w, *b = (const float *)((const char *)x + r * xs);
-        float s = 0.0f;
-        for (int i = 0; i < n; i++) s += a[i] * b[i];
-        o[r * os] = s;
-    }
+typedef float (*row_dot_fn)(int n, const void *w, const void *x);
+
+static float row_dot_f32(int n, const void *w, const void *x) {
+    const float *a = w, *b = x;
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
 }
-static void dot_q8_0_ref(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    for (int r = 0; r < nx; r++)
-        o[r * os] = ds4_vec_dot_q8_0_q8_0_ref(n, w, (const void *)((const char *)x + r * xs));
+static float row_dot_q8_0(int n, const void *w, const void *x) { return ds4_vec_dot_q8_0_q8_0_ref(n, w, x); }
+static float row_dot_q4_0(int n, const void *w, const void *x) { return ds4_vec_dot_q4_0_q8_0_ref(n, w, x); }
+static float row_dot_q4_K(int n, const void *w, const void *x) { return ds4_vec_dot_q4_K_q8_K_ref(n, w, x); }
+
+static inline void tile_ref(row_dot_fn f, int n, const void *w, size_t ws, int nw, const void *x,
+                            size_t xs, int nx, float *o, size_t os) {
+    for (int k = 0; k < nw; k++)
+        for (int r = 0; r < nx; r++)
+            o[r * os + k] = f(n, (const char *)w + k * ws, (const char *)x + r * xs);
 }
-static void dot_q4_0_ref(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    for (int r = 0; r < nx; r++)
-        o[r * os] = ds4_vec_dot_q4_0_q8_0_ref(n, w, (const void *)((const char *)x + r * xs));
+static void dot_f32_ref(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os) {
+    tile_ref(row_dot_f32, n, w, ws, nw, x, xs, nx, o, os);
 }
-static void dot_q4_K_ref(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    for (int r = 0; r < nx; r++)
-        o[r * os] = ds4_vec_dot_q4_K_q8_K_ref(n, w, (const void *)((const char *)x + r * xs));
+static void dot_q8_0_ref(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os) {
+    tile_ref(row_dot_q8_0, n, w, ws, nw, x, xs, nx, o, os);
+}
+static void dot_q4_0_ref(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os) {
+    tile_ref(row_dot_q4_0, n, w, ws, nw, x, xs, nx, o, os);
+}
+static void dot_q4_K_ref(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os) {
+    tile_ref(row_dot_q4_K, n, w, ws, nw, x, xs, nx, o, os);
 }
 
 int ds4_q_have_simd(void) {
@@ -199,20 +209,23 @@ ds4_q_dot_fn ds4_q_dot_kernel(ds4_qtype t, int simd) {
 
 float ds4_q_vec_dot(ds4_qtype t, int n, const void *w, const void *xq) {
     float s = 0.0f;
-    ds4_q_dot_kernel(t, 1)(n, w, xq, 0, 1, &s, 1);
+    ds4_q_dot_kernel(t, 1)(n, w, 0, 1, xq, 0, 1, &s, 1);
     return s;
 }
 
 float ds4_q_vec_dot_ref(ds4_qtype t, int n, const void *w, const void *xq) {
     float s = 0.0f;
-    ds4_q_dot_kernel(t, 0)(n, w, xq, 0, 1, &s, 1);
+    ds4_q_dot_kernel(t, 0)(n, w, 0, 1, xq, 0, 1, &s, 1);
     return s;
 }
 
 /* ---- matmul driver ---------------------------------------------------------------------
  * Output rows go in tiles of TILE_OUT (a tile's weights stay in L1/L2 while
- * every group of 4 activation rows passes over them); tiles are shared out
- * dynamically, so a core slowed by another process does not hold the rest. */
+ * every group of activation rows passes over them); tiles are shared out
+ * dynamically, so a core slowed by another process does not hold the rest.
+ * Kernel tiles: 4 activation rows x 1 weight row when the batch allows (the
+ * weights are unpacked once for 4 rows), else 4 weight rows x 1 activation
+ * row (one activation load serves 4 rows), or 2 x 2. */
 #define TILE_OUT 16
 
 static int matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n, int in, int out,
@@ -230,11 +243,11 @@ static int matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n,
     for (int tile = 0; tile < ntiles; tile++) {
         int o0 = tile * TILE_OUT, o1 = DS4_MIN(out, o0 + TILE_OUT);
         for (int r0 = 0; r0 < n; r0 += 4) {
-            int nx = DS4_MIN(4, n - r0);
+            int nx = DS4_MIN(4, n - r0), nw = nx == 1 ? 4 : nx == 2 ? 2 : 1;
             const char *xr = (const char *)xq + (size_t)r0 * xb;
-            for (int o = o0; o < o1; o++)
-                dot(in, (const char *)w + (size_t)o * wb, xr, xb, nx, y + (size_t)r0 * out + o,
-                    (size_t)out);
+            for (int o = o0; o < o1; o += nw)
+                dot(in, (const char *)w + (size_t)o * wb, wb, DS4_MIN(nw, o1 - o), xr, xb, nx,
+                    y + (size_t)r0 * out + o, (size_t)out);
         }
     }
     return 0;

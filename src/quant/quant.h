@@ -113,16 +113,18 @@ float ds4_vec_dot_q8_0_q8_0_ref(int n, const ds4_block_q8_0 *w, const ds4_block_
 float ds4_vec_dot_q4_0_q8_0_ref(int n, const ds4_block_q4_0 *w, const ds4_block_q8_0 *x);
 float ds4_vec_dot_q4_K_q8_K_ref(int n, const ds4_block_q4_K *w, const ds4_block_q8_K *x);
 
-/* ---- internal: kernels over one weight row and nx (1..4) activation rows --
- * out[r * out_stride] = w · x_r, x_r = (const char *)x + r * x_stride. */
-typedef void (*ds4_q_dot_fn)(int n, const void *w, const void *x, size_t x_stride,
-                             int nx, float *out, size_t out_stride);
+/* ---- internal: kernels over a tile of nw weight rows and nx activation rows
+ * (nw * nx <= 4): out[r * out_stride + k] = w_k . x_r, where
+ * w_k = (const char *)w + k * w_stride, x_r = (const char *)x + r * x_stride.
+ * A result does not depend on the tile shape it was computed in. */
+typedef void (*ds4_q_dot_fn)(int n, const void *w, size_t w_stride, int nw, const void *x,
+                             size_t x_stride, int nx, float *out, size_t out_stride);
 ds4_q_dot_fn ds4_q_dot_kernel(ds4_qtype t, int simd);
 #ifdef __AVX2__
-void ds4_dot_f32_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os);
-void ds4_dot_q8_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os);
-void ds4_dot_q4_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os);
-void ds4_dot_q4_K_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_f32_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_q8_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 #endif
 
 #endif

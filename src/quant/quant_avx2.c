@@ -1,6 +1,7 @@
-/* quant_avx2.c — AVX2 int8 dot-product kernels: one weight row against 1..4
- * quantized activation rows, so the weights are unpacked once per block and
- * read from memory once. Must equal the scalar reference up to float rounding. */
+/* quant_avx2.c — AVX2 int8 dot-product kernels on small tiles: nw weight rows
+ * against nx activation rows (nw * nx <= 4), so unpacked weights or loaded
+ * activations are shared. Each output equals the scalar reference up to
+ * float rounding, and does not depend on the tile it was computed in. */
 #include "quant/quant.h"
 
 #ifdef __AVX2__
@@ -9,13 +10,13 @@
 
 #include "util/util.h"
 
-#define MAXNX 4
-
 #if defined(__F16C__)
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 #else
 static inline float h2f(uint16_t h) { return ds4_fp16_to_fp32(h); }
 #endif
+
+#define INLINE static inline __attribute__((always_inline))
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -24,117 +25,159 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* 16 int16 pairs -> 8 int32 sums of products of |w| (unsigned) and sign-moved x. */
-static inline __m256i dot_s8(__m256i aw, __m256i sx) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
-}
+/* Instantiate KERNEL(NW, NX) for every legal tile shape with constant sizes,
+ * so the compiler unrolls the row loops and keeps accumulators in registers. */
+#define DISPATCH(KERNEL, ...)                                                          \
+    switch (nw * 8 + nx) {                                                             \
+    case 9: KERNEL(__VA_ARGS__, 1, 1); break;                                          \
+    case 10: KERNEL(__VA_ARGS__, 1, 2); break;                                         \
+    case 11: KERNEL(__VA_ARGS__, 1, 3); break;                                         \
+    case 12: KERNEL(__VA_ARGS__, 1, 4); break;                                         \
+    case 17: KERNEL(__VA_ARGS__, 2, 1); break;                                         \
+    case 18: KERNEL(__VA_ARGS__, 2, 2); break;                                         \
+    case 25: KERNEL(__VA_ARGS__, 3, 1); break;                                         \
+    case 33: KERNEL(__VA_ARGS__, 4, 1); break;                                         \
+    default:                                                                           \
+        for (int k_ = 0; k_ < nw; k_++)                                                \
+            for (int r_ = 0; r_ < nx; r_++)                                            \
+                KERNEL(n, (const char *)w + k_ * ws, (const char *)x + r_ * xs, ws, xs, \
+                       o + r_ * os + k_, os, 1, 1);                                    \
+    }
 
-/* ---- fp32 weights ---------------------------------------------------------- */
-static inline __attribute__((always_inline)) void dot_f32(int n, const float *w, const char *x,
-                                                          size_t xs, int nx, float *o, size_t os) {
-    __m256 acc[MAXNX][2];
-    for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+/* ---- fp32 weights ------------------------------------------------------------ */
+INLINE void dot_f32(int n, const char *w, const char *x, size_t ws, size_t xs, float *o, size_t os,
+                    const int NW, const int NX) {
+    __m256 acc[4][4][2];
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + i + 8);
-        for (int r = 0; r < nx; r++) {
+        __m256 x0[4], x1[4];
+        for (int r = 0; r < NX; r++) {
             const float *xr = (const float *)(x + r * xs);
-            acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr + i), acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr + i + 8), acc[r][1]);
+            x0[r] = _mm256_loadu_ps(xr + i);
+            x1[r] = _mm256_loadu_ps(xr + i + 8);
+        }
+        for (int k = 0; k < NW; k++) {
+            const float *wk = (const float *)(w + k * ws);
+            __m256 w0 = _mm256_loadu_ps(wk + i), w1 = _mm256_loadu_ps(wk + i + 8);
+            for (int r = 0; r < NX; r++) {
+                acc[k][r][0] = _mm256_fmadd_ps(w0, x0[r], acc[k][r][0]);
+                acc[k][r][1] = _mm256_fmadd_ps(w1, x1[r], acc[k][r][1]);
+            }
         }
     }
-    for (int r = 0; r < nx; r++) {
-        const float *xr = (const float *)(x + r * xs);
-        float s = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
-        for (int k = i; k < n; k++) s += w[k] * xr[k];
-        o[r * os] = s;
-    }
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) {
+            const float *wk = (const float *)(w + k * ws), *xr = (const float *)(x + r * xs);
+            float s = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
+            for (int j = i; j < n; j++) s += wk[j] * xr[j];
+            o[r * os + k] = s;
+        }
 }
 
-void ds4_dot_f32_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    switch (nx) {
-    case 1: dot_f32(n, w, x, xs, 1, o, os); break;
-    case 2: dot_f32(n, w, x, xs, 2, o, os); break;
-    case 3: dot_f32(n, w, x, xs, 3, o, os); break;
-    default: dot_f32(n, w, x, xs, 4, o, os); break;
-    }
+void ds4_dot_f32_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
+                      float *o, size_t os) {
+    DISPATCH(dot_f32, n, w, x, ws, xs, o, os)
 }
 
-/* ---- Q8_0 x Q8_0 ------------------------------------------------------------- */
-/* One accumulator per row would make every block wait for the previous
- * block's FMA (4 cycles): blocks alternate between two accumulators. The
- * order of float operations is the same for every nx, so a row's result does
- * not depend on how many rows are batched with it. */
-#define ACC(nx) 2
-
-static inline __attribute__((always_inline)) void dot_q8_0(int n, const ds4_block_q8_0 *w, const char *x,
-                                                           size_t xs, int nx, float *o, size_t os) {
-    __m256 acc[MAXNX][2];
-    for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+/* ---- Q8_0 x Q8_0 and Q4_0 x Q8_0 ----------------------------------------------------
+ * Per block: 8 int32 partial sums -> float, times dw * dx, into one of two
+ * accumulators per (weight row, activation row) chosen by block parity (one
+ * would make every block wait for the previous FMA). */
+INLINE void dot_q8_0(int n, const char *w, const char *x, size_t ws, size_t xs, float *o, size_t os,
+                     const int NW, const int NX) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4][4][2];
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     const int nb = n / DS4_QK8_0;
-    for (int b0 = 0; b0 < nb; b0 += ACC(nx)) {
-        for (int u = 0; u < ACC(nx) && b0 + u < nb; u++) {
+    for (int b0 = 0; b0 < nb; b0 += 2) {
+        for (int u = 0; u < 2 && b0 + u < nb; u++) {
             const int b = b0 + u;
-            __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
-            __m256i aw = _mm256_sign_epi8(qw, qw);
-            float dw = h2f(w[b].d);
-            for (int r = 0; r < nx; r++) {
-                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-                __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-                __m256 p = _mm256_cvtepi32_ps(dot_s8(aw, _mm256_sign_epi8(qx, qw)));
-                acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r][u]);
+            __m256i qx[4];
+            float dx[4];
+            if (NW > 1)
+                for (int r = 0; r < NX; r++) {
+                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                    qx[r] = _mm256_loadu_si256((const __m256i *)xb->qs);
+                    dx[r] = h2f(xb->d);
+                }
+            for (int k = 0; k < NW; k++) {
+                const ds4_block_q8_0 *wb = (const ds4_block_q8_0 *)(w + k * ws) + b;
+                __m256i qw = _mm256_loadu_si256((const __m256i *)wb->qs);
+                __m256i aw = _mm256_sign_epi8(qw, qw);      /* |w|, unsigned for maddubs */
+                float dw = h2f(wb->d);
+                for (int r = 0; r < NX; r++) {
+                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                    __m256i qxr = NW > 1 ? qx[r] : _mm256_loadu_si256((const __m256i *)xb->qs);
+                    float dxr = NW > 1 ? dx[r] : h2f(xb->d);
+                    __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(qxr, qw));
+                    __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                    acc[k][r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dxr), p, acc[k][r][u]);
+                }
             }
         }
     }
-    for (int r = 0; r < nx; r++) o[r * os] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) o[r * os + k] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
 }
 
-void ds4_dot_q8_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    switch (nx) {
-    case 1: dot_q8_0(n, w, x, xs, 1, o, os); break;
-    case 2: dot_q8_0(n, w, x, xs, 2, o, os); break;
-    case 3: dot_q8_0(n, w, x, xs, 3, o, os); break;
-    default: dot_q8_0(n, w, x, xs, 4, o, os); break;
-    }
+void ds4_dot_q8_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
+                       float *o, size_t os) {
+    DISPATCH(dot_q8_0, n, w, x, ws, xs, o, os)
 }
 
-/* ---- Q4_0 x Q8_0 --------------------------------------------------------------
- * The 16 nibble bytes go to both lanes; the upper lane is shifted right by 4,
- * so after the mask the lower lane holds elements 0..15 (low nibbles) and the
- * upper 16..31 (high nibbles), as unsigned q in 0..15. Then
+/* Q4_0: the 16 nibble bytes go to both lanes and the upper lane is shifted
+ * right by 4, so after the mask the lower lane holds elements 0..15 (low
+ * nibbles) and the upper 16..31 (high nibbles), as unsigned q in 0..15; then
  * sum (q - 8) x = maddubs(q, x) - maddubs(8, x), pairwise in int16. */
-static inline __attribute__((always_inline)) void dot_q4_0(int n, const ds4_block_q4_0 *w, const char *x,
-                                                           size_t xs, int nx, float *o, size_t os) {
-    const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
-    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4), ones = _mm256_set1_epi16(1);
-    __m256 acc[MAXNX][2];
-    for (int r = 0; r < nx; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+INLINE void dot_q4_0(int n, const char *w, const char *x, size_t ws, size_t xs, float *o, size_t os,
+                     const int NW, const int NX) {
+    const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    __m256 acc[4][4][2];
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
     const int nb = n / DS4_QK4_0;
-    for (int b0 = 0; b0 < nb; b0 += ACC(nx)) {
-        for (int u = 0; u < ACC(nx) && b0 + u < nb; u++) {
+    for (int b0 = 0; b0 < nb; b0 += 2) {
+        for (int u = 0; u < 2 && b0 + u < nb; u++) {
             const int b = b0 + u;
-            __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w[b].qs));
-            __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
-            float dw = h2f(w[b].d);
-            for (int r = 0; r < nx; r++) {
-                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-                __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-                __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qw, qx), _mm256_maddubs_epi16(eight, qx));
-                __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(xb->d)), p, acc[r][u]);
+            /* with several weight rows the activation side is loaded once
+             * per block; with one, inline (fewer live registers) */
+            __m256i qx[4], x8[4];
+            float dx[4];
+            if (NW > 1)
+                for (int r = 0; r < NX; r++) {
+                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                    qx[r] = _mm256_loadu_si256((const __m256i *)xb->qs);
+                    x8[r] = _mm256_maddubs_epi16(eight, qx[r]);
+                    dx[r] = h2f(xb->d);
+                }
+            for (int k = 0; k < NW; k++) {
+                const ds4_block_q4_0 *wb = (const ds4_block_q4_0 *)(w + k * ws) + b;
+                __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)wb->qs));
+                __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+                float dw = h2f(wb->d);
+                for (int r = 0; r < NX; r++) {
+                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                    __m256i qxr = NW > 1 ? qx[r] : _mm256_loadu_si256((const __m256i *)xb->qs);
+                    __m256i s8 = NW > 1 ? x8[r] : _mm256_maddubs_epi16(eight, qxr);
+                    float dxr = NW > 1 ? dx[r] : h2f(xb->d);
+                    __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qw, qxr), s8);
+                    __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                    acc[k][r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dxr), p, acc[k][r][u]);
+                }
             }
         }
     }
-    for (int r = 0; r < nx; r++) o[r * os] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int k = 0; k < NW; k++)
+        for (int r = 0; r < NX; r++) o[r * os + k] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
 }
 
-void ds4_dot_q4_0_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    switch (nx) {
-    case 1: dot_q4_0(n, w, x, xs, 1, o, os); break;
-    case 2: dot_q4_0(n, w, x, xs, 2, o, os); break;
-    case 3: dot_q4_0(n, w, x, xs, 3, o, os); break;
-    default: dot_q4_0(n, w, x, xs, 4, o, os); break;
-    }
+void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
+                       float *o, size_t os) {
+    DISPATCH(dot_q4_0, n, w, x, ws, xs, o, os)
 }
 
 /* ---- Q4_K x Q8_K ----------------------------------------------------------------
@@ -151,26 +194,27 @@ static inline void q4k_unpack_scales(const uint8_t *p, uint8_t sc[8], uint8_t m[
     memcpy(m, &m_lo, 4); memcpy(m + 4, &m_hi, 4);
 }
 
-static inline __attribute__((always_inline)) void dot_q4_K(int n, const ds4_block_q4_K *w, const char *x,
-                                                           size_t xs, int nx, float *o, size_t os) {
+/* One weight row against NX activation rows (weights unpacked once). */
+INLINE void dot_q4_K_row(int n, const char *w, const char *x, size_t xs, float *o, size_t os, const int NX) {
     const __m256i m4 = _mm256_set1_epi8(15);
-    __m256 acc[MAXNX], accm[MAXNX];
-    for (int r = 0; r < nx; r++) acc[r] = accm[r] = _mm256_setzero_ps();
+    __m256 acc[4], accm[4];
+    for (int r = 0; r < NX; r++) acc[r] = accm[r] = _mm256_setzero_ps();
+    const ds4_block_q4_K *wb = (const ds4_block_q4_K *)w;
     for (int b = 0; b < n / DS4_QK_K; b++) {
         uint8_t sc[8], m[8];
-        q4k_unpack_scales(w[b].scales, sc, m);
-        float d = h2f(w[b].d), dmin = h2f(w[b].dmin);
+        q4k_unpack_scales(wb[b].scales, sc, m);
+        float d = h2f(wb[b].d), dmin = h2f(wb[b].dmin);
         /* m_j twice each as int16, against the 16 bsums */
         __m128i m8 = _mm_loadl_epi64((const __m128i *)m);
         __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-        __m256i isum[MAXNX];
-        for (int r = 0; r < nx; r++) isum[r] = _mm256_setzero_si256();
+        __m256i isum[4];
+        for (int r = 0; r < NX; r++) isum[r] = _mm256_setzero_si256();
         for (int k = 0; k < 4; k++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(wb[b].qs + 32 * k));
             __m256i lo = _mm256_and_si256(q, m4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             __m256i s0 = _mm256_set1_epi16(sc[2 * k]), s1 = _mm256_set1_epi16(sc[2 * k + 1]);
-            for (int r = 0; r < nx; r++) {
+            for (int r = 0; r < NX; r++) {
                 const ds4_block_q8_K *xb = (const ds4_block_q8_K *)(x + r * xs) + b;
                 __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * k));
                 __m256i x1 = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * k + 32));
@@ -179,7 +223,7 @@ static inline __attribute__((always_inline)) void dot_q4_K(int n, const ds4_bloc
                 isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(p0, p1));
             }
         }
-        for (int r = 0; r < nx; r++) {
+        for (int r = 0; r < NX; r++) {
             const ds4_block_q8_K *xb = (const ds4_block_q8_K *)(x + r * xs) + b;
             __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
             __m256i msum = _mm256_madd_epi16(bs, mins16);
@@ -187,16 +231,19 @@ static inline __attribute__((always_inline)) void dot_q4_K(int n, const ds4_bloc
             accm[r] = _mm256_fmadd_ps(_mm256_set1_ps(dmin * xb->d), _mm256_cvtepi32_ps(msum), accm[r]);
         }
     }
-    for (int r = 0; r < nx; r++) o[r * os] = hsum8(acc[r]) - hsum8(accm[r]);
+    for (int r = 0; r < NX; r++) o[r * os] = hsum8(acc[r]) - hsum8(accm[r]);
 }
 
-void ds4_dot_q4_K_avx2(int n, const void *w, const void *x, size_t xs, int nx, float *o, size_t os) {
-    switch (nx) {
-    case 1: dot_q4_K(n, w, x, xs, 1, o, os); break;
-    case 2: dot_q4_K(n, w, x, xs, 2, o, os); break;
-    case 3: dot_q4_K(n, w, x, xs, 3, o, os); break;
-    default: dot_q4_K(n, w, x, xs, 4, o, os); break;
-    }
+/* A super-block row is compute-heavy enough that sharing activation loads
+ * across weight rows gains little: weight rows go one at a time. */
+INLINE void dot_q4_K(int n, const char *w, const char *x, size_t ws, size_t xs, float *o, size_t os,
+                     const int NW, const int NX) {
+    for (int k = 0; k < NW; k++) dot_q4_K_row(n, w + k * ws, x, xs, o + k, os, NX);
+}
+
+void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
+                       float *o, size_t os) {
+    DISPATCH(dot_q4_K, n, w, x, ws, xs, o, os)
 }
 
 #else
