@@ -4,6 +4,7 @@
 #define DS4_ACTS_H
 
 #include "model/model.h"
+#include "model/prune.h"
 
 typedef struct ds4_layer_acts {
     float *x_in;            /* [n, D]    residual stream entering the layer */
@@ -32,6 +33,28 @@ typedef struct ds4_layer_acts {
     float aux_scale;        /* backward: weight of the aux-loss gradient (the micro-batch's loss scale) */
     float balance;          /* forward output: ds4_moe_balance_stat of this layer (aux loss = alpha * balance) */
     int   over_capacity;    /* forward output: slots kept over capacity (ds4_moe_apply_capacity) */
+    /* token pruning (SPEC §1.3), layers with a router. The layer then runs on
+     * its nk kept rows only: q, kn, vn, att, lse, x_mid, xn2, g/u/h, MoE and
+     * ffn above hold nk compact rows, in batch order. */
+    int    nk;              /* rows the layer processed (n when it does not prune) */
+    int   *kidx;            /* [n]    batch row of each kept row */
+    int   *kpos, *kseq;     /* [n]    position and sequence of each kept row */
+    float *prune_r;         /* [n]    router logit r = w_r . xn1 of every token */
+    float *prune_y;         /* [n]    top-k membership (1/0), -1 = not a BCE target (position 0) */
+    float *gate;            /* [n]    sigmoid(r) of each kept row */
+    float *xk;              /* [n, D] xn1 of the kept rows */
+    float *ao;              /* [n, D] o_proj(att) of the kept rows, before the gate */
+    double prune_bce;       /* forward output: summed BCE over prune_bce_n tokens */
+    int    prune_bce_n;
+    ds4_prune_counts prune_counts; /* forward output: keep / agreement counters of this forward */
+    /* lightning indexer (SPEC §1.4), index_topk > 0; Hi = index_n_heads, Di = index_head_dim */
+    float *iq;              /* [n, Hi*Di] roped indexer queries */
+    float *ik;              /* [n, Di]    roped, normalised indexer keys (before the cache copy) */
+    float *ikraw, *ikrstd;  /* [n, Di], [n] indexer keys before k_norm, 1/rms */
+    float *iw;              /* [n, Hi]    head weights (already / sqrt(Hi)) */
+    int   *sel;             /* [n, sel_k] keys of each query (rows of its sequence in the cache) */
+    double idx_kl;          /* backward output: summed KL(p || softmax(I)) over idx_kl_n queries */
+    int    idx_kl_n;
 } ds4_layer_acts;
 
 typedef struct ds4_acts {
@@ -42,6 +65,9 @@ typedef struct ds4_acts {
     float *xnf, *rstdf;                      /* [n, D], [n] final norm */
     float *logits;                           /* [n, V] (training; may be NULL in inference) */
     void  *bw;                               /* backward scratch, allocated on first use */
+    /* pruning / indexer training modes (SPEC §1.3, §1.4), 0 by default */
+    int prune_causal;      /* training forward keeps tokens by the inference rule (validation) */
+    int indexer_warmup;    /* dense attention in indexer layers; backward updates only the indexer (KL) */
 } ds4_acts;
 
 /* Allocate buffers for n tokens; n_layers = L for training (every layer
@@ -68,6 +94,10 @@ typedef struct ds4_bw_scratch {
     float *dh, *dg, *du;                     /* [n,F] dense or [n,S] shared */
     float *dey, *deh, *deg, *deu, *dex;      /* [n*k,D] [n*k,Fm] x3 [n*k,D] */
     float *dweights, *drlogits;              /* [n,k] [n,E] */
+    /* pruned layers: compact d(out), gate-scaled dy, full-row d(xn1), dgate, d(router logit) */
+    float *cdx, *cdy, *dxf, *dgate, *dr;     /* [n,D] [n,D] [n,D] [n] [n] */
+    /* indexer loss: d q_I, d w, d k_I (post-norm), d k_I (pre-norm) */
+    float *diq, *diw, *dik, *dikraw;         /* [n,Hi*Di] [n,Hi] [n,Di] [n,Di] */
 } ds4_bw_scratch;
 
 /* SwiGLU FFN y[n,D] = down(silu(gate x) * up x); gate/up [F,D], down [D,F];

@@ -5,6 +5,7 @@
 #define DS4_FORWARD_H
 
 #include "model/model.h"
+#include "model/prune.h"
 
 /* KV cache per layer: rows appended per sequence. With pruning a layer skips
  * dropped tokens, so lengths differ per layer and each row records its
@@ -16,12 +17,22 @@ typedef struct ds4_kv_cache {
     int   *pos[DS4_MAX_LAYERS];  /* [n_seq, capacity] original position of each row */
     int   *len[DS4_MAX_LAYERS];  /* [n_seq] rows filled */
     int   *next_pos;             /* [n_seq] next position to be fed */
+    /* lightning indexer keys (index_topk > 0, else NULL / 0), rows as k/v */
+    int    ki_dim;               /* Di = index_head_dim */
+    float *ki[DS4_MAX_LAYERS];   /* [n_seq, capacity, Di] */
+    /* pruned layers: inference counters added by every ds4_forward call
+     * (tokens routed, kept, and agreement of the causal rule with top-k
+     * membership, scored for batch segments that start at position 0).
+     * Cumulative; clear with ds4_kv_cache_reset_stats. */
+    ds4_prune_counts prune[DS4_MAX_LAYERS];
 } ds4_kv_cache;
 
 ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity);
 void   ds4_kv_cache_free(ds4_kv_cache *kv);
 void   ds4_kv_cache_reset_seq(ds4_kv_cache *kv, int seq);
+/* Bytes of the filled rows: K, V (and indexer keys) of every layer. */
 size_t ds4_kv_cache_bytes_used(const ds4_kv_cache *kv);
+void   ds4_kv_cache_reset_stats(ds4_kv_cache *kv);
 
 /* A batch of n tokens. Tokens of one sequence are contiguous and in order,
  * and the first of them has position kv->next_pos[seq]. */

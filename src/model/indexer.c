@@ -1,0 +1,279 @@
+/* indexer.c — the lightning indexer (SPEC §1.4): projections, blocked scores
+ * (one arithmetic per (query, key) pair whatever the batch, so prefill and
+ * decode select the same keys), exact top-k selection by a sampled threshold,
+ * and the KL(p_dense || softmax(I)) training loss with its gradient. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/kernels.h"
+#include "model/indexer.h"
+#include "util/util.h"
+
+#define KB 32            /* keys per score block (4 AVX2 registers per head) */
+#define QB 64            /* queries per selection chunk */
+
+int ds4_indexer_sel_k(const ds4_config *c) {
+    if (c->index_topk <= 0) return 0;
+    return c->index_topk + (c->sliding_window > 0 ? c->sliding_window : 0);
+}
+
+void ds4_indexer_project(const ds4_config *c, const ds4_layer *W, const float *x, const int *pos, int n,
+                         float *q, float *k, float *kraw, float *krstd, float *w) {
+    const int D = c->hidden_size, Hi = c->index_n_heads, Di = c->index_head_dim;
+    ds4_matmul(q, x, W->idx_wq, n, D, Hi * Di, 0);
+    ds4_rope(q, pos, n, Hi, Di, c->rope_theta);
+    ds4_matmul(kraw, x, W->idx_wk, n, D, Di, 0);
+    ds4_rmsnorm(k, krstd, kraw, W->idx_k_norm, n, Di, c->rms_norm_eps);
+    ds4_rope(k, pos, n, 1, Di, c->rope_theta);
+    ds4_matmul(w, x, W->idx_weights_proj, n, D, Hi, 0);
+    const float s = 1.0f / sqrtf((float)Hi);
+    for (size_t i = 0; i < (size_t)n * Hi; i++) w[i] *= s;
+}
+
+/* ---- scores ---------------------------------------------------------------- */
+
+/* I[qi*ldI + j0 + jj] for queries qi < nq (q rows of Hi*Di, w rows of Hi) and
+ * keys j0 .. j0+nk-1 (nk <= KB) of k [., Di]. kt: scratch [Di, KB]. Every
+ * score accumulates over d in order, in its own lane: independent of nq, j0. */
+static void score_block(const float *q, const float *w, int nq, int Hi, int Di, const float *k, int j0, int nk,
+                        float *kt, float *I, size_t ldI) {
+    for (int d = 0; d < Di; d++)
+        for (int jj = 0; jj < KB; jj++) kt[d * KB + jj] = jj < nk ? k[(size_t)(j0 + jj) * Di + d] : 0.0f;
+    const float rs = 1.0f / sqrtf((float)Di);
+    for (int qi = 0; qi < nq; qi++) {
+        float tot[KB] = {0};
+        for (int h = 0; h < Hi; h++) {
+            const float *qh = q + ((size_t)qi * Hi + h) * Di;
+            float acc[KB] = {0};
+            for (int d = 0; d < Di; d++) {
+                const float a = qh[d];
+                const float *kr = kt + d * KB;
+                for (int jj = 0; jj < KB; jj++) acc[jj] += a * kr[jj];
+            }
+            const float wh = w[(size_t)qi * Hi + h];
+            for (int jj = 0; jj < KB; jj++) tot[jj] += wh * (acc[jj] > 0.0f ? acc[jj] : 0.0f);
+        }
+        float *out = I + (size_t)qi * ldI + j0;
+        for (int jj = 0; jj < nk; jj++) out[jj] = tot[jj] * rs;
+    }
+}
+
+void ds4_indexer_scores(const float *q, const float *w, int Hi, int Di, const float *k, int n_kv, float *I) {
+    float *kt = ds4_malloc(sizeof(float) * (size_t)Di * KB);
+    if (!kt) return;
+    for (int j0 = 0; j0 < n_kv; j0 += KB) score_block(q, w, 1, Hi, Di, k, j0, DS4_MIN(KB, n_kv - j0), kt, I, 0);
+    free(kt);
+}
+
+/* ---- selection --------------------------------------------------------------- */
+
+/* The k-th largest (1 <= k <= n) of a [n]; a is reordered (Hoare quickselect,
+ * median-of-three pivot, descending). */
+static float kth_largest(float *a, int n, int k) {
+    int lo = 0, hi = n - 1;
+    const int t = k - 1;
+    while (lo < hi) {
+        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi];
+        float p = x > y ? (y > z ? y : (x > z ? z : x)) : (x > z ? x : (y > z ? z : y));
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > p) i++;
+            while (a[j] < p) j--;
+            if (i <= j) { float s = a[i]; a[i] = a[j]; a[j] = s; i++; j--; }
+        }
+        if (t <= j) hi = j;
+        else if (t >= i) lo = i;
+        else return a[t];
+    }
+    return a[t];
+}
+
+int ds4_indexer_topk(const float *I, int n, int k, int *out, float *scratch) {
+    if (n <= k) {
+        for (int j = 0; j < n; j++) out[j] = j;
+        return n;
+    }
+    if (k <= 0) return 0;
+    int m = n;
+    if (n >= 1024 && n >= 8 * k) {
+        /* threshold from an evenly spaced sample, set low enough that about
+         * 1.5 k + margin values pass; fall back to the full set if too few */
+        const int ns = 512, step = n / ns;
+        for (int i = 0; i < ns; i++) scratch[i] = I[(size_t)i * step];
+        int r = (int)(1.5 * k * (double)ns / n) + 8;
+        if (r > ns) r = ns;
+        const float thr = kth_largest(scratch, ns, r);
+        m = 0;
+        for (int j = 0; j < n; j++) {      /* branch-free compaction of the passing values */
+            scratch[m] = I[j];
+            m += I[j] >= thr;
+        }
+        if (m < k) {
+            m = n;
+        }
+    }
+    if (m == n) memcpy(scratch, I, sizeof(float) * (size_t)n);
+    const float v = kth_largest(scratch, m, k);
+    int gt = 0;
+    for (int j = 0; j < m; j++) gt += scratch[j] > v;
+    int eq = k - gt, o = 0;
+    for (int j = 0; j < n && o < k; j++) {
+        const float x = I[j];
+        if (x > v || (x == v && eq-- > 0)) out[o++] = j;
+    }
+    return o;
+}
+
+/* Number of keys with kpos <= p (kpos increasing). */
+static int upper_bound(const int *kpos, int n, long p) {
+    int a = 0, b = n;
+    while (a < b) {
+        int mid = a + (b - a) / 2;
+        if ((long)kpos[mid] <= p) a = mid + 1; else b = mid;
+    }
+    return a;
+}
+
+int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, int nq, const int *qpos,
+                       const float *ik, const int *kpos, int n_kv, int *sel) {
+    const int Hi = c->index_n_heads, Di = c->index_head_dim, topk = c->index_topk;
+    const int win = c->sliding_window, sk = ds4_indexer_sel_k(c);
+    const int nth = omp_get_max_threads();
+    const int nkv1 = DS4_MAX(n_kv, 1);
+    float *I = ds4_malloc(sizeof(float) * (size_t)QB * nkv1);                 /* [QB, n_kv] */
+    float *scr = ds4_malloc(sizeof(float) * (size_t)nth * nkv1);              /* [nth, n_kv] */
+    float *kt = ds4_malloc(sizeof(float) * (size_t)nth * Di * KB);            /* [nth, Di, KB] */
+    int *hi = ds4_malloc(sizeof(int) * QB);
+    if (!I || !scr || !kt || !hi) { free(I); free(scr); free(kt); free(hi); return -1; }
+    for (int q0 = 0; q0 < nq; q0 += QB) {
+        const int nb = DS4_MIN(QB, nq - q0);
+        int qa = nb, maxhi = 0;      /* queries qa.. need scores (hi > topk), over keys < maxhi */
+        for (int i = 0; i < nb; i++) {
+            hi[i] = upper_bound(kpos, n_kv, qpos[q0 + i]);
+            if (hi[i] > topk && qa == nb) qa = i;
+            if (hi[i] > topk && hi[i] > maxhi) maxhi = hi[i];
+        }
+        const int nblk = (maxhi + KB - 1) / KB;
+        if (qa < nb) {
+            #pragma omp parallel for schedule(dynamic, 4) num_threads(nth)
+            for (int b = 0; b < nblk; b++) {
+                float *ktt = kt + (size_t)omp_get_thread_num() * Di * KB;
+                score_block(iq + (size_t)(q0 + qa) * Hi * Di, iw + (size_t)(q0 + qa) * Hi, nb - qa, Hi, Di, ik,
+                            b * KB, DS4_MIN(KB, maxhi - b * KB), ktt, I + (size_t)qa * nkv1, (size_t)nkv1);
+            }
+        }
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nb > 1)
+        for (int i = 0; i < nb; i++) {
+            int *out = sel + (size_t)(q0 + i) * sk;
+            int n = 0;
+            if (hi[i] <= topk) {
+                for (int j = 0; j < hi[i]; j++) out[n++] = j;
+            } else {
+                float *s = scr + (size_t)omp_get_thread_num() * nkv1;
+                n = ds4_indexer_topk(I + (size_t)i * nkv1, hi[i], topk, out, s);
+                if (win > 0) {   /* union with the window keys [jw, hi): drop top-k entries there, append the range */
+                    const int jw = upper_bound(kpos, hi[i], (long)qpos[q0 + i] - win);
+                    while (n > 0 && out[n - 1] >= jw) n--;
+                    for (int j = jw; j < hi[i]; j++) out[n++] = j;
+                }
+            }
+            for (int e = n; e < sk; e++) out[e] = -1;
+        }
+    }
+    free(I); free(scr); free(kt); free(hi);
+    return 0;
+}
+
+/* ---- training loss --------------------------------------------------------------- */
+
+static int cmp_int(const void *x, const void *y) {
+    int a = *(const int *)x, b = *(const int *)y;
+    return (a > b) - (a < b);
+}
+
+double ds4_indexer_kl(const ds4_indexer_seg *s, float scale, float *diq, float *diw, float *dik) {
+    const int H = s->H, G = s->H / s->K, Dh = s->Dh, Hi = s->Hi, Di = s->Di;
+    const size_t Q = (size_t)H * Dh, KD = (size_t)s->K * Dh;
+    const double scq = 1.0 / sqrt((double)Dh);
+    const float rs = 1.0f / sqrtf((float)Di);
+    const int cap = s->sel ? DS4_MAX(s->sel_k, 1) : DS4_MAX(s->n_kv, 1);
+    int *cand = ds4_malloc(sizeof(int) * (size_t)cap);
+    double *p = ds4_malloc(sizeof(double) * (size_t)cap);
+    double *e = ds4_malloc(sizeof(double) * (size_t)cap);
+    float *z = ds4_malloc(sizeof(float) * (size_t)cap * Hi);
+    if (!cand || !p || !e || !z) { free(cand); free(p); free(e); free(z); return NAN; }
+    double total = 0;
+    for (int i = 0; i < s->nq; i++) {
+        const int hi = upper_bound(s->kpos, s->n_kv, s->qpos[i]);
+        int nc = 0;
+        if (s->sel) {
+            const int *sl = s->sel + (size_t)i * s->sel_k;
+            for (int t = 0; t < s->sel_k; t++)
+                if (sl[t] >= 0 && sl[t] < hi) cand[nc++] = sl[t];
+            qsort(cand, (size_t)nc, sizeof(int), cmp_int);
+            int u = 0;
+            for (int t = 0; t < nc; t++)
+                if (u == 0 || cand[t] != cand[u - 1]) cand[u++] = cand[t];
+            nc = u;
+        } else {
+            for (int j = 0; j < hi; j++) cand[nc++] = j;
+        }
+        if (nc == 0) continue;
+        const float *qi = s->q + (size_t)i * Q, *iqi = s->iq + (size_t)i * Hi * Di, *iwi = s->iw + (size_t)i * Hi;
+        const float *lse = s->lse + (size_t)i * H;
+        double psum = 0, mx = -INFINITY;
+        for (int t = 0; t < nc; t++) {
+            const int j = cand[t];
+            const float *kj = s->k + (size_t)j * KD;
+            double pj = 0;
+            for (int h = 0; h < H; h++) {
+                const float *qh = qi + (size_t)h * Dh, *kh = kj + (size_t)(h / G) * Dh;
+                double dot = 0;
+                for (int d = 0; d < Dh; d++) dot += (double)qh[d] * kh[d];
+                pj += exp(dot * scq - lse[h]);
+            }
+            p[t] = pj;
+            psum += pj;
+            const float *ikj = s->ik + (size_t)j * Di;
+            double Ij = 0;
+            for (int h = 0; h < Hi; h++) {
+                double dot = 0;
+                for (int d = 0; d < Di; d++) dot += (double)iqi[(size_t)h * Di + d] * ikj[d];
+                z[(size_t)t * Hi + h] = (float)dot;
+                Ij += iwi[h] * (dot > 0 ? dot : 0);
+            }
+            e[t] = Ij * rs;
+            if (e[t] > mx) mx = e[t];
+        }
+        double Z = 0;
+        for (int t = 0; t < nc; t++) Z += exp(e[t] - mx);
+        const double lZ = mx + log(Z);
+        double kl = 0;
+        for (int t = 0; t < nc; t++) {
+            p[t] /= psum;
+            const double logq = e[t] - lZ;
+            if (p[t] > 0) kl += p[t] * (log(p[t]) - logq);
+            e[t] = exp(logq);          /* softmax(I) */
+        }
+        total += kl;
+        if (scale == 0.0f) continue;
+        for (int t = 0; t < nc; t++) {
+            const int j = cand[t];
+            const float dI = scale * (float)(e[t] - p[t]);
+            const float *ikj = s->ik + (size_t)j * Di;
+            float *dikj = dik + (size_t)j * Di;
+            for (int h = 0; h < Hi; h++) {
+                const float zz = z[(size_t)t * Hi + h];
+                if (zz <= 0) continue;
+                diw[(size_t)i * Hi + h] += dI * zz * rs;
+                const float g = dI * iwi[h] * rs;
+                float *dq = diq + ((size_t)i * Hi + h) * Di;
+                const float *qh = iqi + (size_t)h * Di;
+                for (int d = 0; d < Di; d++) { dq[d] += g * ikj[d]; dikj[d] += g * qh[d]; }
+            }
+        }
+    }
+    free(cand); free(p); free(e); free(z);
+    return total;
+}
