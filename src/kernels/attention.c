@@ -20,7 +20,8 @@
  * - Keys visible to query i form one index range [lo[i], hi[i]) because kpos
  *   is increasing; tiles inside every row's range skip masking entirely.
  * - Forward jobs are (row tile, kv head, key split). Decode (few row tiles)
- *   splits the keys across threads; partial (max, sum, acc) are merged.
+ *   splits the keys across threads; partial (max, sum, acc) are merged, and
+ *   a job takes all kv heads so that each K/V row is streamed once.
  * - Backward (flash-attention-2) recomputes P from lse and runs two passes so
  *   that every output has one owner: pass 1 over key tiles writes dk, dv;
  *   pass 2 over row tiles writes dq. No atomics, results independent of the
@@ -41,6 +42,8 @@ typedef struct geom {
     size_t qs, ks;        /* row strides of q/out and k/v: H*Dh, K*Dh */
     float c;              /* log2(e) / sqrt(Dh) */
     int bq, nqt;          /* queries per row tile, number of row tiles */
+    int hj;               /* kv heads per forward job: K for few-row tiles (decode) so
+                           * each K/V row is streamed once for all heads, else 1 */
     int *lo, *hi;         /* [n_q] visible key index range of each query */
     int *tlo, *thi;       /* [nqt] union of the ranges of a tile's queries */
     int *tlo_max, *thi_min; /* [nqt] intersection: keys visible to all of them */
@@ -94,6 +97,7 @@ static int geom_init(geom *g, const ds4_attn *a) {
     g->c = LOG2E / sqrtf((float)g->Dh);
     g->bq = a->sel ? 1 : DS4_MAX(1, RMAX / g->G);
     g->nqt = (a->n_q + g->bq - 1) / g->bq;
+    g->hj = DS4_MIN(g->bq, a->n_q) * g->G <= SCORE_DIRECT_MAX_ROWS ? g->K : 1;
     g->lo = ds4_malloc(2 * (size_t)DS4_MAX(a->n_q, 1) * sizeof(int));
     g->tlo = ds4_malloc(4 * (size_t)DS4_MAX(g->nqt, 1) * sizeof(int));
     if (!g->lo || !g->tlo) {
@@ -135,7 +139,7 @@ static size_t sel_words(int n_kv) { return (size_t)n_kv / 64 + 1; }
  * call cost mmap/munmap and cross-CPU TLB shootdowns (~0.1 ms per decode
  * call measured on 2 vCPUs). */
 static int scratch_init(scratch *s, const geom *g) {
-    int R = DS4_MIN(g->bq, g->a->n_q) * g->G, Dh = g->Dh;
+    int R = DS4_MIN(g->bq, g->a->n_q) * g->G * g->hj, Dh = g->Dh;
     int selk = g->a->sel ? DS4_MAX(g->a->sel_k, 1) : 1;
     size_t nf = 3 * (size_t)R * Dh + 2 * (size_t)Dh * BK + 2 * (size_t)R * BK +
                 2 * (size_t)BK * Dh + 4 * (size_t)R;
@@ -192,12 +196,13 @@ static int tile_rows(const geom *g, int t) {
 static int row_query(const geom *g, int t, int r) { return t * g->bq + r / g->G; }
 static int row_head(const geom *g, int kvh, int r) { return kvh * g->G + r % g->G; }
 
-/* Copies the tile's query rows scaled by g->c into Qt [R,Dh], and their ranges. */
-static void gather_q(const geom *g, scratch *s, int t, int kvh, int R) {
+/* Copies the query rows of tile t, kv head kvh, scaled by g->c, into
+ * Qd [R,Dh], and their visible ranges into s->rlo/rhi. */
+static void gather_q(const geom *g, scratch *s, int t, int kvh, int R, float *Qd) {
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
         const float *q = g->a->q + (size_t)i * g->qs + (size_t)h * g->Dh;
-        float *d = s->Qt + (size_t)r * g->Dh;
+        float *d = Qd + (size_t)r * g->Dh;
         for (int e = 0; e < g->Dh; e++) d[e] = q[e] * g->c;
         s->rlo[r] = g->lo[i];
         s->rhi[r] = g->hi[i];
@@ -243,14 +248,15 @@ static void mask_tile(float *S, int R, int nk, int nkp, const int *rlo, const in
 }
 
 /* Online-softmax update with one score tile S [R, BK] (log2 units, masked):
- * S becomes P = exp2(S - m_new), O rows are rescaled, m and l updated. */
-static void online_softmax(scratch *s, int R, int nkp, int Dh) {
+ * S becomes P = exp2(S - m_new), rows of O [R, Dh] are rescaled, m and l
+ * [R] updated. */
+static void online_softmax(float *S, int R, int nkp, int Dh, float *m, float *l, float *O) {
     for (int r = 0; r < R; r++) {
-        float *row = s->S + (size_t)r * BK;
+        float *row = S + (size_t)r * BK;
         float mx = -INFINITY;
         #pragma omp simd reduction(max : mx)
         for (int jj = 0; jj < nkp; jj++) mx = row[jj] > mx ? row[jj] : mx;
-        float mold = s->m[r], mnew = mx > mold ? mx : mold;
+        float mold = m[r], mnew = mx > mold ? mx : mold;
         if (mnew == -INFINITY) {           /* nothing visible yet */
             memset(row, 0, (size_t)nkp * sizeof(float));
             continue;
@@ -258,25 +264,25 @@ static void online_softmax(scratch *s, int R, int nkp, int Dh) {
         float sum = ds4_tile_exp2_sum(row, nkp, mnew);
         if (mnew != mold) {
             float alpha = mold == -INFINITY ? 0.0f : exp2f(mold - mnew);
-            float *o = s->O + (size_t)r * Dh;
+            float *o = O + (size_t)r * Dh;
             for (int e = 0; e < Dh; e++) o[e] *= alpha;
-            s->l[r] *= alpha;
-            s->m[r] = mnew;
+            l[r] *= alpha;
+            m[r] = mnew;
         }
-        s->l[r] += sum;
+        l[r] += sum;
     }
 }
 
 /* Scores of a key tile, S [R, nk] = Qt @ K^T: with many rows, transpose the
  * nk key rows into KT once and run the register-blocked GEMM; with a few
  * rows (decode) the transpose would dominate, so take dot products. */
-static void score_tile(const geom *g, scratch *s, int R, int nk, int nkp) {
+static void score_tile(const geom *g, scratch *s, const float *Q, int R, int nk, int nkp) {
     if (R <= SCORE_DIRECT_MAX_ROWS) {
-        ds4_tile_scores_rows(s->S, BK, s->Qt, g->Dh, R, s->rows, nk, g->Dh);
+        ds4_tile_scores_rows(s->S, BK, Q, g->Dh, R, s->rows, nk, g->Dh);
         return;
     }
     ds4_tile_transpose(s->KT, BK, s->rows, nk, g->Dh);
-    ds4_tile_gemm(s->S, BK, s->Qt, g->Dh, 1, s->KT, BK, R, nkp, g->Dh, 0);
+    ds4_tile_gemm(s->S, BK, Q, g->Dh, 1, s->KT, BK, R, nkp, g->Dh, 0);
 }
 
 /* Final normalisation of one row with its sink: out = O / L, lse natural. */
@@ -297,64 +303,70 @@ static void finish_row(const geom *g, float m, float l, const float *O, int h, f
 
 /* ---- forward ---------------------------------------------------------------- */
 
-/* One forward job: row tile t, kv head kvh, key split sp of nsp. Writes
- * out/lse directly (nsp == 1) or the partial (O, m, l) into part. */
-static void fwd_job(const geom *g, scratch *s, int t, int kvh, int sp, int nsp,
+/* One forward job: row tile t, kv heads kv0 .. kv0+hj-1, key split sp of
+ * nsp. Writes out/lse directly (nsp == 1) or the partial (O, m, l) into
+ * part. Head block c keeps its rows at offset c*R in Qt, O, m, l. */
+static void fwd_job(const geom *g, scratch *s, int t, int kv0, int sp, int nsp,
                     float *out, float *lse, float *part) {
     const ds4_attn *a = g->a;
-    int Dh = g->Dh, R = tile_rows(g, t);
-    gather_q(g, s, t, kvh, R);
-    for (int r = 0; r < R; r++) { s->m[r] = -INFINITY; s->l[r] = 0.0f; }
-    memset(s->O, 0, (size_t)R * Dh * sizeof(float));
+    int Dh = g->Dh, R = tile_rows(g, t), nh = g->hj;
+    for (int c = 0; c < nh; c++) gather_q(g, s, t, kv0 + c, R, s->Qt + (size_t)c * R * Dh);
+    for (int r = 0; r < nh * R; r++) { s->m[r] = -INFINITY; s->l[r] = 0.0f; }
+    memset(s->O, 0, (size_t)nh * R * Dh * sizeof(float));
 
     /* The keys this job covers: a range of indices (dense) or of list slots. */
-    int n_list = 0, kl, kh;
+    int kl, kh;
     if (a->sel) {
-        n_list = clean_sel(g, row_query(g, t, 0), s->list, s->bits);
-        kl = 0; kh = n_list;
+        kl = 0;
+        kh = clean_sel(g, row_query(g, t, 0), s->list, s->bits);
     } else {
         kl = g->tlo[t]; kh = g->thi[t];
     }
     int ntile = (kh - kl + BK - 1) / BK, per = (ntile + nsp - 1) / nsp;
     int a0 = DS4_MIN(kh, kl + sp * per * BK), a1 = DS4_MIN(kh, a0 + per * BK);
-    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
+    const float *kb0 = a->k + (size_t)kv0 * Dh, *vb0 = a->v + (size_t)kv0 * Dh;
     int full_lo = g->tlo_max[t], full_hi = g->thi_min[t];
 
     for (int j0 = a0; j0 < a1; j0 += BK) {
         int nk = DS4_MIN(BK, a1 - j0), nkp = (nk + 7) & ~7;
-        const float *vrows;
-        size_t vstride;
-        if (a->sel) {
-            for (int jj = 0; jj < nk; jj++) {
-                int j = s->list[j0 + jj];
-                s->rows[jj] = kb + (size_t)j * g->ks;
-                memcpy(s->X + (size_t)jj * Dh, vb + (size_t)j * g->ks, (size_t)Dh * sizeof(float));
-            }
-            vrows = s->X; vstride = (size_t)Dh;
-        } else {
-            for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
-            vrows = vb + (size_t)j0 * g->ks; vstride = g->ks;
-        }
-        score_tile(g, s, R, nk, nkp);
         int full = a->sel || (j0 >= full_lo && j0 + nk <= full_hi);
-        mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
-        online_softmax(s, R, nkp, Dh);
-        ds4_tile_gemm(s->O, Dh, s->S, BK, 1, vrows, vstride, R, Dh, nk, 1);
+        for (int c = 0; c < nh; c++) {
+            const float *kb = kb0 + (size_t)c * Dh, *vb = vb0 + (size_t)c * Dh, *vrows;
+            size_t vstride;
+            if (a->sel) {
+                for (int jj = 0; jj < nk; jj++) {
+                    int j = s->list[j0 + jj];
+                    s->rows[jj] = kb + (size_t)j * g->ks;
+                    memcpy(s->X + (size_t)jj * Dh, vb + (size_t)j * g->ks, (size_t)Dh * sizeof(float));
+                }
+                vrows = s->X; vstride = (size_t)Dh;
+            } else {
+                for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
+                vrows = vb + (size_t)j0 * g->ks; vstride = g->ks;
+            }
+            float *O = s->O + (size_t)c * R * Dh;
+            score_tile(g, s, s->Qt + (size_t)c * R * Dh, R, nk, nkp);
+            mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
+            online_softmax(s->S, R, nkp, Dh, s->m + (size_t)c * R, s->l + (size_t)c * R, O);
+            ds4_tile_gemm(O, Dh, s->S, BK, 1, vrows, vstride, R, Dh, nk, 1);
+        }
     }
 
-    for (int r = 0; r < R; r++) {
-        int i = row_query(g, t, r), h = row_head(g, kvh, r);
-        size_t row = (size_t)i * g->H + h;
-        if (nsp == 1) {
-            finish_row(g, s->m[r], s->l[r], s->O + (size_t)r * Dh, h, out + (size_t)i * g->qs + (size_t)h * Dh,
-                       lse ? lse + row : NULL);
-        } else {
-            float *p = part + ((size_t)sp * a->n_q * g->H + row) * (size_t)(Dh + 2);
-            memcpy(p, s->O + (size_t)r * Dh, (size_t)Dh * sizeof(float));
-            p[Dh] = s->m[r];
-            p[Dh + 1] = s->l[r];
+    for (int c = 0; c < nh; c++)
+        for (int r = 0; r < R; r++) {
+            int i = row_query(g, t, r), h = row_head(g, kv0 + c, r), cr = c * R + r;
+            size_t row = (size_t)i * g->H + h;
+            const float *O = s->O + (size_t)cr * Dh;
+            if (nsp == 1) {
+                finish_row(g, s->m[cr], s->l[cr], O, h, out + (size_t)i * g->qs + (size_t)h * Dh,
+                           lse ? lse + row : NULL);
+            } else {
+                float *p = part + ((size_t)sp * a->n_q * g->H + row) * (size_t)(Dh + 2);
+                memcpy(p, O, (size_t)Dh * sizeof(float));
+                p[Dh] = s->m[cr];
+                p[Dh + 1] = s->l[cr];
+            }
         }
-    }
 }
 
 static void merge_splits(const geom *g, scratch *s, int nsp, const float *part, float *out, float *lse);
@@ -367,7 +379,7 @@ void ds4_attention_forward(const ds4_attn *a, float *out, float *lse) {
 
     /* Key splits: only when there are too few (row tile, kv head) jobs to keep
      * every thread busy, as in decode; each split gets >= SPLIT_MIN keys. */
-    int base = g.nqt * g.K, nsp = 1;
+    int nkvj = g.K / g.hj, base = g.nqt * nkvj, nsp = 1;
     if (nth > 1 && base < 4 * nth) {
         int maxkeys = a->sel ? a->sel_k : 0;
         for (int t = 0; t < g.nqt && !a->sel; t++) maxkeys = DS4_MAX(maxkeys, g.thi[t] - g.tlo[t]);
@@ -386,8 +398,8 @@ void ds4_attention_forward(const ds4_attn *a, float *out, float *lse) {
             #pragma omp for schedule(dynamic, 1)
             for (int jb = 0; jb < njobs; jb++) {
                 /* Last row tiles first: under a causal mask they see the most keys. */
-                int t = g.nqt - 1 - jb / (g.K * nsp), rem = jb % (g.K * nsp);
-                fwd_job(&g, &sc, t, rem / nsp, rem % nsp, nsp, out, lse, part);
+                int t = g.nqt - 1 - jb / (nkvj * nsp), rem = jb % (nkvj * nsp);
+                fwd_job(&g, &sc, t, (rem / nsp) * g.hj, rem % nsp, nsp, out, lse, part);
             }
             if (nsp > 1) merge_splits(&g, &sc, nsp, part, out, lse);
         }
@@ -432,7 +444,7 @@ static void merge_splits(const geom *g, scratch *s, int nsp, const float *part, 
 static int bwd_gather(const geom *g, scratch *s, int t, int kvh, const float *lse,
                       const float *dout, const float *D) {
     int R = tile_rows(g, t), Dh = g->Dh;
-    gather_q(g, s, t, kvh, R);
+    gather_q(g, s, t, kvh, R, s->Qt);
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
         size_t row = (size_t)i * g->H + h;
@@ -448,7 +460,7 @@ static int bwd_gather(const geom *g, scratch *s, int t, int kvh, const float *ls
  * value rows transposed in s->VT already. */
 static void bwd_probs(const geom *g, scratch *s, int R, int nk, int j0, int full) {
     int nkp = (nk + 7) & ~7, Dh = g->Dh;
-    score_tile(g, s, R, nk, nkp);
+    score_tile(g, s, s->Qt, R, nk, nkp);
     mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
     for (int r = 0; r < R; r++) {
         float *row = s->S + (size_t)r * BK;
