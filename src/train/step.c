@@ -19,6 +19,10 @@ struct ds4_train_ctx {
     int64_t *moe_loads;              /* [L, E] token-slots per expert over the step's micro-batches */
     double moe_balance;              /* sum over micro-batches of the layers' summed balance statistic */
     long moe_micro;                  /* micro-batches counted */
+    /* token pruning / indexer (SPEC §1.3, §1.4), reset by ds4_train_ctx_prune_step */
+    ds4_prune_counts prune;          /* keep / agreement counters over pruned layers */
+    double prune_bce, idx_kl;        /* sums of the layers' mean BCE / KL over micro-batches */
+    long prune_micro;
 };
 
 ds4_train_ctx *ds4_train_ctx_create(const ds4_model *m, int B, int T) {
@@ -82,8 +86,36 @@ double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, 
         t->moe_balance += ds4_moe_balance_stat_sum(&m->cfg, t->acts);
         t->moe_micro++;
     }
+    /* pruning BCE and indexer KL: their gradients carry the micro-batch's scale too */
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) t->acts->l[l].aux_scale = loss_scale;
     if (ds4_backward(m, &b, t->kv, t->acts, lg, grads) != 0) return NAN;
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) {
+        const ds4_layer_acts *A = &t->acts->l[l];
+        if (A->prune_bce_n > 0) {
+            t->prune.tokens += A->prune_counts.tokens; t->prune.kept += A->prune_counts.kept;
+            t->prune.scored += A->prune_counts.scored; t->prune.agree += A->prune_counts.agree;
+            t->prune_bce += A->prune_bce / A->prune_bce_n;
+        }
+        if (m->cfg.index_topk > 0 && A->idx_kl_n > 0) t->idx_kl += A->idx_kl / A->idx_kl_n;
+    }
+    t->prune_micro++;
     return loss / n;
+}
+
+ds4_acts *ds4_train_ctx_acts(ds4_train_ctx *t) { return t->acts; }
+
+void ds4_train_ctx_prune_step(ds4_train_ctx *t, ds4_prune_step_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->counts = t->prune;
+    if (t->prune_micro) {
+        st->bce = t->prune_bce / t->prune_micro;
+        st->kl = t->idx_kl / t->prune_micro;
+    }
+    st->agreement = t->prune.scored ? (double)t->prune.agree / t->prune.scored : NAN;
+    st->kept_frac = t->prune.tokens ? (double)t->prune.kept / t->prune.tokens : NAN;
+    memset(&t->prune, 0, sizeof t->prune);
+    t->prune_bce = t->idx_kl = 0;
+    t->prune_micro = 0;
 }
 
 double ds4_train_ctx_loss(ds4_train_ctx *t, const ds4_model *m, const int *ids) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include "ds4.h"
 #include "model/model.h"
+#include "model/prune.h"
 
 typedef struct ds4_train_opts {
     const char *config_path;     /* config.json for a new run (NULL with resume) */
@@ -26,6 +27,7 @@ typedef struct ds4_train_opts {
     long   eval_every, eval_batches, save_every;
     long   stop_after;           /* stop (with a checkpoint) after this many steps in this run; 0 = off */
     int    quiet;                /* no live progress line */
+    long   indexer_warmup;       /* first steps train only the lightning indexer (SPEC §1.4); 0 = off */
 } ds4_train_opts;
 
 void ds4_train_opts_defaults(ds4_train_opts *o);
@@ -72,5 +74,21 @@ typedef struct ds4_moe_step_stats {
     double max_vio;          /* mean over MoE layers of (max - mean) / mean */
 } ds4_moe_step_stats;
 void ds4_train_ctx_moe_step(ds4_train_ctx *t, ds4_model *m, ds4_moe_step_stats *st);
+
+/* Token pruning and indexer statistics (SPEC §1.3, §1.4) over the micro-batches
+ * since the last call (then reset): pruned layers' keep and agreement
+ * counters (causal decision sigmoid(r) > 0.5 vs top-k membership), the sum
+ * over layers of the mean router BCE and of the mean indexer KL. */
+typedef struct ds4_prune_step_stats {
+    ds4_prune_counts counts;
+    double agreement;        /* agree / scored (NAN without pruned layers) */
+    double kept_frac;        /* kept / tokens in pruned layers */
+    double bce, kl;          /* mean over micro-batches */
+} ds4_prune_step_stats;
+void ds4_train_ctx_prune_step(ds4_train_ctx *t, ds4_prune_step_stats *st);
+/* The context's activations, to set the training modes acts->indexer_warmup
+ * (only the indexer learns, attention dense) and acts->prune_causal (forward
+ * keeps tokens by the inference rule: validation of the deployed model). */
+struct ds4_acts *ds4_train_ctx_acts(ds4_train_ctx *t);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "io/safetensors.h"
+#include "model/acts.h"
 #include "train/train.h"
 #include "util/util.h"
 
@@ -204,11 +205,18 @@ static double val_loss(ds4_train_ctx *ctx, const ds4_model *m, const int *val, s
     long nb = (long)(nval / span);
     if (nb > batches) nb = batches;
     if (nb == 0) return NAN;
+    /* validate the deployed model: causal keep rule, sparse attention */
+    ds4_acts *acts = ds4_train_ctx_acts(ctx);
+    const int warm = acts->indexer_warmup, causal = acts->prune_causal;
+    acts->indexer_warmup = 0;
+    acts->prune_causal = 1;
     double sum = 0;
     for (long i = 0; i < nb; i++) {
         memcpy(buf, val + (size_t)i * span, sizeof(int) * span);
         sum += ds4_train_ctx_loss(ctx, m, buf);
     }
+    acts->indexer_warmup = warm;
+    acts->prune_causal = causal;
     return sum / nb;
 }
 
@@ -285,6 +293,9 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         const double ts = ds4_time_s();
         const float lr = ds4_lr_schedule(rs.step, o.steps, o.warmup, o.lr, o.min_lr_frac);
         memset(grads, 0, m->layout.n_floats * sizeof(float));
+        /* indexer warm-up (SPEC §1.4): dense attention, only the indexer learns */
+        const int iwarm = rs.step < o.indexer_warmup && m->cfg.index_topk > 0;
+        ds4_train_ctx_acts(ctx)->indexer_warmup = iwarm;
         double loss = 0;
         for (int a = 0; a < o.accum; a++) {
             sample_batch(buf, data, ndata, o.batch, o.seq, &rs.rng);
@@ -294,7 +305,18 @@ int ds4_train_run(const ds4_train_opts *o_in) {
             loss += l / o.accum;
         }
         const float gnorm = ds4_clip_grad_norm(m, grads, o.grad_clip);
-        ds4_adamw_step(&opt, m, grads, lr);
+        if (iwarm) {
+            unsigned char *saved = ds4_malloc((size_t)m->layout.n_tensors);
+            if (!saved) goto out;
+            ds4_layout_indexer_only(&m->layout, saved, 1);
+            ds4_adamw_step(&opt, m, grads, lr);
+            ds4_layout_indexer_only(&m->layout, saved, 0);
+            free(saved);
+        } else {
+            ds4_adamw_step(&opt, m, grads, lr);
+        }
+        ds4_prune_step_stats ps;                /* pruning / indexer losses and agreement of the step */
+        ds4_train_ctx_prune_step(ctx, &ps);
         ds4_moe_step_stats ms;                  /* MoE: load-bias update, aux loss of the step */
         ds4_train_ctx_moe_step(ctx, m, &ms);
         rs.step++;
@@ -309,6 +331,9 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         if (!isnan(vl)) fprintf(log, ",\"val_loss\":%.6f", vl);
         if (ms.moe) fprintf(log, ",\"aux_loss\":%.6f,\"moe_utilization\":%.4f,\"moe_max_vio\":%.4f",
                             ms.aux_loss, ms.utilization, ms.max_vio);
+        if (ps.counts.tokens) fprintf(log, ",\"prune_bce\":%.6f,\"prune_agreement\":%.4f,\"prune_kept\":%.4f",
+                                      ps.bce, ps.agreement, ps.kept_frac);
+        if (m->cfg.index_topk > 0) fprintf(log, ",\"indexer_kl\":%.6f,\"indexer_warmup\":%d", ps.kl, iwarm);
         fprintf(log, "}\n");
         fflush(log);
         char eta[32];
