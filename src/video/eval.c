@@ -1,0 +1,128 @@
+/* eval.c — how good a tokenizer round trip is (SPEC §3): PSNR of the
+ * reconstruction and the error of ball centroids found by colour
+ * (ds4_world_extract) in the original vs the reconstructed frames. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ds4.h"
+#include "util/util.h"
+#include "video/video.h"
+#include "world/world.h"
+
+#define N_BALL_COLORS (DS4_WC_YELLOW - DS4_WC_RED + 1)
+
+/* Largest blob of each ball colour in a frame: found[k], col/row centroid. */
+static int find_balls(const uint8_t *rgb, int H, int W, int found[N_BALL_COLORS],
+                      double col[N_BALL_COLORS], double row[N_BALL_COLORS]) {
+    ds4_world_blob b[32];
+    int n = ds4_world_extract(rgb, W, H, W / DS4_WORLD_WIDTH_M, DS4_VTOK_EVAL_TOL,
+                              DS4_VTOK_EVAL_MIN_AREA, b, 32, NULL);
+    if (n < 0) return -1;
+    memset(found, 0, N_BALL_COLORS * sizeof(int));
+    for (int i = 0; i < n && i < 32; i++) {
+        int k = b[i].color - DS4_WC_RED;
+        if (k < 0 || k >= N_BALL_COLORS || found[k]) continue;   /* largest first within a colour */
+        found[k] = 1;
+        col[k] = b[i].col;
+        row[k] = b[i].row;
+    }
+    return 0;
+}
+
+int ds4_vtok_eval_compare(const uint8_t *a, const uint8_t *b, int T, int H, int W,
+                          ds4_vtok_eval_stats *st) {
+    const size_t frame = (size_t)H * W * 3, nv = frame * T;
+    double se = 0;
+    for (size_t i = 0; i < nv; i++) {
+        double d = (double)a[i] - b[i];
+        se += d * d;
+    }
+    st->sq_err += se;
+    st->n_values += (double)nv;
+    double mse = se / (double)nv;
+    st->psnr_sum += mse > 0 ? 10.0 * log10(255.0 * 255.0 / mse) : 100.0;
+    st->n_clips++;
+    st->n_frames += T;
+    for (int t = 0; t < T; t++) {
+        int fa[N_BALL_COLORS], fb[N_BALL_COLORS];
+        double ca[N_BALL_COLORS], ra[N_BALL_COLORS], cb[N_BALL_COLORS], rb[N_BALL_COLORS];
+        if (find_balls(a + frame * t, H, W, fa, ca, ra) != 0 ||
+            find_balls(b + frame * t, H, W, fb, cb, rb) != 0)
+            return -1;
+        for (int k = 0; k < N_BALL_COLORS; k++) {
+            if (fa[k] && fb[k]) {
+                double e = hypot(ca[k] - cb[k], ra[k] - rb[k]);
+                st->cent_sum += e;
+                if (e > st->cent_max) st->cent_max = e;
+                st->n_matched++;
+            } else if (fa[k]) {
+                st->n_missed++;
+            } else if (fb[k]) {
+                st->n_spurious++;
+            }
+        }
+    }
+    return 0;
+}
+
+int ds4_vtok_eval_clip(const ds4_vtok *m, const uint8_t *rgb, int T, int H, int W,
+                       ds4_vtok_eval_stats *st, uint8_t *recon) {
+    int Tl, Gh, Gw;
+    if (ds4_vtok_latent_shape(m, T, H, W, &Tl, &Gh, &Gw) != 0) return -1;
+    size_t nc = (size_t)Tl * Gh * Gw, frame = (size_t)H * W * 3;
+    int32_t *codes = ds4_malloc(nc * sizeof(int32_t));
+    uint8_t *out = ds4_malloc(frame * Tl * m->cfg.tubelet);
+    int rc = -1;
+    if (!codes || !out) goto done;
+    double t0 = ds4_time_s();
+    if (ds4_vtok_encode(m, rgb, T, H, W, codes) != 0) goto done;
+    double t1 = ds4_time_s();
+    if (ds4_vtok_decode(m, codes, Tl, Gh, Gw, out) != 0) goto done;
+    st->enc_s += t1 - t0;
+    st->dec_s += ds4_time_s() - t1;
+    if (ds4_vtok_eval_compare(rgb, out, T, H, W, st) != 0) goto done;
+    if (recon) memcpy(recon, out, frame * T);
+    rc = 0;
+done:
+    free(codes);
+    free(out);
+    return rc;
+}
+
+int ds4_vtok_eval_dir(const ds4_vtok *m, const char *dir, const char *split, int max_clips,
+                      ds4_vtok_eval_stats *st) {
+    char **paths = NULL;
+    int n = 0, done = 0, rc = 0;
+    if (ds4_world_dataset_shards(dir, split, &paths, &n) != 0) return -1;
+    if (n == 0) {
+        ds4_set_error("%s: no %s-*.ds4w shards", dir, split);
+        free(paths);
+        return -1;
+    }
+    for (int i = 0; i < n && rc == 0 && (max_clips <= 0 || done < max_clips); i++) {
+        ds4_world_shard *sh = ds4_world_shard_open(paths[i], 0);
+        if (!sh) { rc = -1; break; }
+        for (int k = 0; k < sh->n_clips && (max_clips <= 0 || done < max_clips); k++, done++) {
+            const uint8_t *clip = ds4_world_shard_clip(sh, k);
+            if (!clip || ds4_vtok_eval_clip(m, clip, sh->n_frames, sh->height, sh->width, st, NULL) != 0) {
+                ds4_error_prefix("%s clip %d", paths[i], k);
+                rc = -1;
+                break;
+            }
+        }
+        ds4_world_shard_close(sh);
+    }
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+    return rc;
+}
+
+double ds4_vtok_eval_psnr(const ds4_vtok_eval_stats *st) {
+    if (st->n_values <= 0) return NAN;
+    double mse = st->sq_err / st->n_values;
+    return mse > 0 ? 10.0 * log10(255.0 * 255.0 / mse) : 100.0;
+}
+
+double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st) {
+    return st->n_matched > 0 ? st->cent_sum / (double)st->n_matched : NAN;
+}

@@ -1,0 +1,274 @@
+/* test_video_net.c — the tokenizer network against independent checks:
+ * backward of the whole encoder -> FSQ -> decoder by central finite
+ * differences on tiny nets (causal and not, smooth FSQ path), the straight-
+ * through path equal to "smooth backward times FSQ STE", patchify/unpatchify
+ * round trip against a naive index formula, chunked encode/decode equal to
+ * one whole-clip forward, causality (later frames never change earlier codes). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ds4.h"
+#include "util/util.h"
+#include "video/video.h"
+
+static ds4_vtok_config tiny_config(int causal) {
+    ds4_vtok_config c;
+    ds4_vtok_config_defaults(&c);
+    c.patch = 2;
+    c.tubelet = 2;
+    c.width = 6;
+    c.height = 4;
+    c.n_levels = 3;
+    c.levels[0] = 5; c.levels[1] = 4; c.levels[2] = 3;
+    c.hidden = 6;
+    c.head = 5;
+    c.enc_layers = 2;
+    c.dec_layers = 2;
+    c.causal = causal;
+    return c;
+}
+
+static void fill_uniform(ds4_rng *r, float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * ds4_rng_uniform(r);
+}
+
+/* Loss as a function of the parameter vector, in double for the differences. */
+static double loss_at(ds4_vtok *m, ds4_vtok_ws *ws, const float *x, int S, int Tl, int Gh, int Gw,
+                      int round) {
+    return ds4_vtok_forward_backward(m, ws, x, S, Tl, Gh, Gw, NULL, NULL, 1.0f, round);
+}
+
+static void check_fd(int causal) {
+    ds4_vtok_config c = tiny_config(causal);
+    ds4_vtok *m = ds4_vtok_new(&c, 7);
+    assert_non_null(m);
+    /* larger random weights than the init so every path carries signal, small
+     * enough that float rounding and curvature keep eps = 1e-2 differences
+     * within 2% (0.6 or eps 3e-2 already fail on curvature) */
+    ds4_rng r;
+    ds4_rng_seed(&r, 11 + causal);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] = 0.3f * ds4_rng_normal(&r);
+    const int S = 2, Tl = 3, Gh = 2, Gw = 3;
+    const size_t N = (size_t)S * Tl * Gh * Gw;
+    ds4_vtok_ws *ws = ds4_vtok_ws_new(m, N);
+    assert_non_null(ws);
+    float *x = malloc(N * m->P * sizeof(float)), *g = calloc(m->n_params, sizeof(float));
+    fill_uniform(&r, x, N * m->P, -1, 1);
+    double l0 = ds4_vtok_forward_backward(m, ws, x, S, Tl, Gh, Gw, NULL, g, 1.0f, 0);
+    assert_true(isfinite(l0));
+    /* every tensor: a few coordinates, central differences in float (eps 1e-2) */
+    double worst = 0;
+    int checked = 0;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const ds4_vtok_tensor *t = &m->tensors[ti];
+        for (int k = 0; k < 6; k++) {
+            size_t i = t->off + ds4_rng_u64(&r) % t->numel;
+            float save = m->params[i];
+            const float eps = 1e-2f;
+            m->params[i] = save + eps;
+            double lp = loss_at(m, ws, x, S, Tl, Gh, Gw, 0);
+            m->params[i] = save - eps;
+            double lm = loss_at(m, ws, x, S, Tl, Gh, Gw, 0);
+            m->params[i] = save;
+            double fd = (lp - lm) / (2 * eps);
+            double err = fabs(fd - g[i]) / fmax(fabs(fd) + fabs(g[i]), 1e-3);
+            if (err > worst) worst = err;
+            if (err > 2e-2)
+                print_error("%s[%zu]: analytic %.6g, finite difference %.6g\n", t->name, i - t->off,
+                            (double)g[i], fd);
+            assert_true(err <= 2e-2);
+            checked++;
+        }
+    }
+    assert_int_equal(checked, 6 * m->n_tensors);
+    /* gradients accumulate and scale: a second call with loss_scale 2 triples them */
+    float *g2 = malloc(m->n_params * sizeof(float));
+    memcpy(g2, g, m->n_params * sizeof(float));
+    ds4_vtok_forward_backward(m, ws, x, S, Tl, Gh, Gw, NULL, g2, 2.0f, 0);
+    for (size_t i = 0; i < m->n_params; i += 7) assert_float_equal(g2[i], 3 * g[i], 1e-5 + 1e-4 * fabsf(g[i]));
+    free(g2);
+    free(x);
+    free(g);
+    ds4_vtok_ws_free(ws);
+    ds4_vtok_free(m);
+}
+
+static void test_backward_fd_causal(void **state) { (void)state; check_fd(1); }
+static void test_backward_fd_noncausal(void **state) { (void)state; check_fd(0); }
+
+/* With rounding on, decoder gradients are exact (the decoder sees fixed q), and
+ * the encoder receives dL/dq * STE: check both against finite differences of
+ * the decoder weights and against a smooth-path run on the rounded q. */
+static void test_straight_through_path(void **state) {
+    (void)state;
+    ds4_vtok_config c = tiny_config(1);
+    ds4_vtok *m = ds4_vtok_new(&c, 3);
+    ds4_rng r;
+    ds4_rng_seed(&r, 5);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] = 0.6f * ds4_rng_normal(&r);
+    const int S = 1, Tl = 2, Gh = 2, Gw = 3;
+    const size_t N = (size_t)S * Tl * Gh * Gw;
+    ds4_vtok_ws *ws = ds4_vtok_ws_new(m, N);
+    float *x = malloc(N * m->P * sizeof(float)), *g = calloc(m->n_params, sizeof(float));
+    fill_uniform(&r, x, N * m->P, -1, 1);
+    ds4_vtok_forward_backward(m, ws, x, S, Tl, Gh, Gw, NULL, g, 1.0f, 1);
+    int checked = 0;
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const ds4_vtok_tensor *t = &m->tensors[ti];
+        if (strncmp(t->name, "video.decoder.", 14) != 0) continue;
+        for (int k = 0; k < 6; k++) {
+            size_t i = t->off + ds4_rng_u64(&r) % t->numel;
+            float save = m->params[i];
+            const float eps = 1e-2f;
+            m->params[i] = save + eps;
+            double lp = loss_at(m, ws, x, S, Tl, Gh, Gw, 1);
+            m->params[i] = save - eps;
+            double lm = loss_at(m, ws, x, S, Tl, Gh, Gw, 1);
+            m->params[i] = save;
+            double fd = (lp - lm) / (2 * eps);
+            assert_true(fabs(fd - g[i]) <= 2e-2 * fmax(fabs(fd) + fabs(g[i]), 1e-3));
+            checked++;
+        }
+    }
+    assert_true(checked >= 24);
+    /* encoder weights: the rounded loss is flat almost everywhere, so its finite
+     * difference is 0 while the STE gradient is not; a small bump of an encoder
+     * weight leaves the loss (codes) unchanged. */
+    const ds4_vtok_tensor *pw = ds4_vtok_find(m, "video.encoder.patch.weight");
+    double l0 = loss_at(m, ws, x, S, Tl, Gh, Gw, 1), gsum = 0;
+    for (size_t i = 0; i < pw->numel; i++) gsum += fabs(g[pw->off + i]);
+    assert_true(gsum > 0);
+    m->params[pw->off] += 1e-6f;
+    assert_true(loss_at(m, ws, x, S, Tl, Gh, Gw, 1) == l0);
+    free(x);
+    free(g);
+    ds4_vtok_ws_free(ws);
+    ds4_vtok_free(m);
+}
+
+/* patchify against the naive index formula, unpatchify as its inverse. */
+static void test_patchify(void **state) {
+    (void)state;
+    const int T = 7, H = 8, W = 12, tub = 2, p = 4, Tl = 4, Gh = 2, Gw = 3, P = tub * p * p * 3;
+    uint8_t *rgb = malloc((size_t)T * H * W * 3), *back = malloc((size_t)Tl * tub * H * W * 3);
+    for (size_t i = 0; i < (size_t)T * H * W * 3; i++) rgb[i] = (uint8_t)(i * 37 + 11);
+    float *x = malloc((size_t)Tl * Gh * Gw * P * sizeof(float));
+    for (int flip = 0; flip < 2; flip++) {
+        ds4_vtok_patchify(rgb, T, H, W, tub, p, flip, x);
+        for (int t = 0; t < Tl; t++)
+            for (int gy = 0; gy < Gh; gy++)
+                for (int gx = 0; gx < Gw; gx++)
+                    for (int f = 0; f < tub; f++)
+                        for (int r = 0; r < p; r++)
+                            for (int cc = 0; cc < p; cc++)
+                                for (int ch = 0; ch < 3; ch++) {
+                                    int fr = t * tub + f < T ? t * tub + f : T - 1;
+                                    int col = gx * p + cc;
+                                    if (flip) col = W - 1 - col;
+                                    uint8_t v = rgb[(((size_t)fr * H + gy * p + r) * W + col) * 3 + ch];
+                                    size_t tok = ((size_t)t * Gh + gy) * Gw + gx;
+                                    float got = x[tok * P + ((f * p + r) * p + cc) * 3 + ch];
+                                    assert_float_equal(got, v / 127.5f - 1.0f, 1e-6);
+                                }
+    }
+    ds4_vtok_patchify(rgb, T, H, W, tub, p, 0, x);
+    ds4_vtok_unpatchify(x, Tl, H, W, tub, p, back);
+    assert_memory_equal(back, rgb, (size_t)T * H * W * 3);
+    /* the padded frame repeats the last one */
+    assert_memory_equal(back + (size_t)T * H * W * 3, rgb + (size_t)(T - 1) * H * W * 3, (size_t)H * W * 3);
+    /* clamping */
+    x[0] = 5.0f; x[1] = -5.0f;
+    ds4_vtok_unpatchify(x, Tl, H, W, tub, p, back);
+    assert_int_equal(back[0], 255);
+    assert_int_equal(back[1], 0);
+    free(rgb); free(back); free(x);
+}
+
+/* Encode/decode of a clip longer than one chunk (16 latent frames) equals one
+ * forward over the whole clip; a change in late frames leaves earlier codes
+ * alone (causal), and decoding a prefix of the codes gives the same frames. */
+static void test_chunked_and_causal(void **state) {
+    (void)state;
+    ds4_vtok_config c = tiny_config(1);
+    c.patch = 4; c.tubelet = 2; c.hidden = 8; c.head = 8;
+    c.width = 16; c.height = 8;
+    ds4_vtok *m = ds4_vtok_new(&c, 9);
+    ds4_rng r;
+    ds4_rng_seed(&r, 13);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] *= 3.0f;
+    const int T = 2 * 37, H = 8, W = 16, Tl = 37, Gh = 2, Gw = 4;
+    const size_t N = (size_t)Tl * Gh * Gw, fr = (size_t)H * W * 3;
+    uint8_t *rgb = malloc(T * fr), *out = malloc(T * fr), *out2 = malloc(T * fr);
+    for (size_t i = 0; i < T * fr; i++) rgb[i] = (uint8_t)(ds4_rng_u64(&r) & 255);
+    int32_t *codes = malloc(N * sizeof(int32_t)), *codes2 = malloc(N * sizeof(int32_t));
+    assert_int_equal(ds4_vtok_encode(m, rgb, T, H, W, codes), 0);
+    /* reference: one forward over the whole clip with rounding; its q gives codes */
+    ds4_vtok_ws *ws = ds4_vtok_ws_new(m, N);
+    float *x = malloc(N * m->P * sizeof(float)), *y = malloc(N * m->P * sizeof(float));
+    ds4_vtok_patchify(rgb, T, H, W, c.tubelet, c.patch, 0, x);
+    ds4_vtok_forward_backward(m, ws, x, 1, Tl, Gh, Gw, y, NULL, 1.0f, 1);
+    /* decode of the chunked codes = the whole-clip reconstruction */
+    assert_int_equal(ds4_vtok_decode(m, codes, Tl, Gh, Gw, out), 0);
+    ds4_vtok_unpatchify(y, Tl, H, W, c.tubelet, c.patch, out2);
+    int diff = 0;
+    for (size_t i = 0; i < T * fr; i++) diff += abs((int)out[i] - (int)out2[i]) > 1;
+    assert_int_equal(diff, 0);
+    int spread = 0;
+    for (size_t i = 1; i < N; i++) spread += codes[i] != codes[0];
+    assert_true(spread > 0);
+    /* causality: change frames from latent 20 on; codes before stay */
+    for (size_t i = 40 * fr; i < T * fr; i++) rgb[i] ^= 0x5a;
+    assert_int_equal(ds4_vtok_encode(m, rgb, T, H, W, codes2), 0);
+    assert_memory_equal(codes, codes2, 20 * Gh * Gw * sizeof(int32_t));
+    int changed = 0;
+    for (size_t i = 20 * Gh * Gw; i < N; i++) changed += codes[i] != codes2[i];
+    assert_true(changed > 0);
+    /* prefix decode */
+    assert_int_equal(ds4_vtok_decode(m, codes, 10, Gh, Gw, out2), 0);
+    assert_memory_equal(out2, out, 10 * c.tubelet * fr);
+    /* bad sizes and codes */
+    assert_int_equal(ds4_vtok_encode(m, rgb, T, 7, W, codes), -1);
+    codes[3] = ds4_vtok_n_codes(m);
+    assert_int_equal(ds4_vtok_decode(m, codes, Tl, Gh, Gw, out), -1);
+    assert_non_null(strstr(ds4_error(), "out of range"));
+    free(x); free(y); free(rgb); free(out); free(out2); free(codes); free(codes2);
+    ds4_vtok_ws_free(ws);
+    ds4_vtok_free(m);
+}
+
+/* Parameter count from the documented architecture. */
+static void test_layout(void **state) {
+    (void)state;
+    ds4_vtok_config c;
+    ds4_vtok_config_defaults(&c);
+    ds4_vtok *m = ds4_vtok_new(&c, 1);
+    const size_t H = 128, D = 512, P = 768, C = 4, K = 18;
+    size_t want = (H * P + H) + (H * K * H + H) + (C * H + C) + (H * K * C + H) + 2 * (H * K * H + H) +
+                  (D * H + D) + (P * D + P);
+    assert_int_equal(m->n_params, want);
+    assert_int_equal(m->n_tensors, 16);
+    assert_int_equal(ds4_vtok_n_codes(m), 1000);
+    const ds4_vtok_tensor *t = ds4_vtok_find(m, "video.decoder.mix.1.weight");
+    assert_non_null(t);
+    assert_int_equal(t->shape[0], 128);
+    assert_int_equal(t->shape[1], 18 * 128);
+    assert_null(ds4_vtok_find(m, "video.decoder.mix.2.weight"));
+    ds4_vtok_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_backward_fd_causal),
+        cmocka_unit_test(test_backward_fd_noncausal),
+        cmocka_unit_test(test_straight_through_path),
+        cmocka_unit_test(test_patchify),
+        cmocka_unit_test(test_chunked_and_causal),
+        cmocka_unit_test(test_layout),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
