@@ -123,7 +123,8 @@ static int on_text(const char *text, size_t len, void *user) {
         j->text_len += len;
         j->text[j->text_len] = 0;
     }
-    int stop = j->cancelled || s->stopping;
+    if (s->stopping) j->cancelled = 1;
+    int stop = j->cancelled;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&s->mu);
     return stop;
@@ -150,6 +151,8 @@ static void job_done_locked(ds4_server *s, srv_job *j, double now) {
             api_err(&j->err, 499, "invalid_request_error", "client_closed_request", NULL,
                     "the client closed the connection");
     }
+    if (j->finish == DS4_FINISH_ABORT && !j->err.status)      /* cannot happen: aborts come from cancels */
+        api_err(&j->err, 500, "server_error", NULL, NULL, "generation stopped");
     if (j->finish == DS4_FINISH_ERROR && !j->err.status)
         api_err(&j->err, 500, "server_error", NULL, NULL, "generation failed");
     j->state = JOB_DONE;

@@ -144,7 +144,10 @@ test.before(async () => {
   api = client(A);
 });
 test.after(async () => {
-  if (A) { A.child.kill('SIGTERM'); await A.exited; }
+  if (A) {
+    A.child.kill('SIGTERM');
+    assert.equal((await A.exited).code, 0, A.stderr());     // clean exit (and no leak report under ASan)
+  }
 });
 
 test('models list and retrieve', async () => {
