@@ -365,6 +365,62 @@ test('raw HTTP: malformed bodies, limits, methods, auth', async () => {
   assert.equal((await health(A)).status, 'ok');
 });
 
+test('every field with every JSON type, and mutated bodies: 200 or a JSON error, never a crash', async () => {
+  const auth = { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' };
+  const values = [null, true, false, 0, 1, -1, 2.5, 1e300, -1e300, '', 's', [], [1], ['a'], [[1]], {}, { a: 1 },
+    { type: 'text' }];
+  const fields = ['model', 'prompt', 'messages', 'max_tokens', 'max_completion_tokens', 'temperature', 'top_p',
+    'top_k', 'min_p', 'seed', 'n', 'stream', 'stream_options', 'stop', 'logprobs', 'top_logprobs', 'echo',
+    'suffix', 'presence_penalty', 'frequency_penalty', 'logit_bias', 'user', 'tools', 'tool_choice',
+    'response_format', 'ignore_eos', 'best_of', 'content', 'tokens', 'add_special', 'seconds', 'fps'];
+  const bases = {
+    '/v1/completions': { model: NAME, prompt: 'the cat', max_tokens: 2 },
+    '/v1/chat/completions': { model: NAME, messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 },
+    '/tokenize': { content: 'the cat' },
+    '/detokenize': { tokens: [1, 2] },
+    '/v1/videos': { prompt: 'a ball' },
+  };
+  const cases = [];
+  const own = { '/tokenize': ['model', 'content', 'add_special'], '/detokenize': ['model', 'tokens'],
+    '/v1/videos': ['model', 'prompt', 'seconds', 'fps', 'response_format'] };
+  for (const [path, base] of Object.entries(bases)) {
+    for (const f of own[path] || fields) {
+      for (const v of values) {
+        const body = { ...base, [f]: v };
+        if (f !== 'max_tokens' && f !== 'max_completion_tokens') body.max_tokens = base.max_tokens;
+        cases.push([path, f, v, body]);
+      }
+    }
+  }
+  const seen = new Set();
+  for (let i = 0; i < cases.length; i += 8) {          // 8 requests in flight at a time
+    await Promise.all(cases.slice(i, i + 8).map(async ([path, f, v, body]) => {
+      const r = await request(A, 'POST', path, JSON.stringify(body), auth);
+      seen.add(r.status);
+      assert.ok([200, 400, 404].includes(r.status), `${path} ${f}=${JSON.stringify(v)}: ${r.status} ${r.body}`);
+      if (r.headers['content-type'] === 'text/event-stream') {
+        assert.match(r.body, /data: \[DONE\]\n\n$/);
+      } else {
+        const j = JSON.parse(r.body);
+        if (r.status !== 200) assert.equal(typeof j.error.message, 'string');
+      }
+    }));
+  }
+  assert.ok(seen.has(200) && seen.has(400) && seen.has(404));
+  // byte-level mutations of valid bodies (deterministic pseudo-random)
+  let x = 12345;
+  const rnd = (n) => { x = (x * 1103515245 + 12345) % 2147483648; return x % n; };
+  for (let i = 0; i < 300; i++) {
+    const path = Object.keys(bases)[rnd(5)];
+    const b = Buffer.from(JSON.stringify(bases[path]));
+    const edits = 1 + rnd(4);
+    for (let k = 0; k < edits; k++) b[rnd(b.length)] = rnd(256);
+    const r = await request(A, 'POST', path, b, auth);
+    assert.ok([200, 400, 404].includes(r.status), `${b.toString('latin1')}: ${r.status}`);
+  }
+  assert.equal((await health(A)).status, 'ok');
+});
+
 test('tokenize, detokenize, videos', async () => {
   const auth = { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' };
   const text = 'caf\u00e9 na\u00efve \u2014 \u2713 \u65e5\u672c the cat';
