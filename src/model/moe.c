@@ -206,33 +206,35 @@ void ds4_moe_permute(const int *experts, int n, int k, int E, int *offsets,
 }
 
 /* ---- expert execution ------------------------------------------------------
- * One task per expert with rows. An expert holding more than one thread's
- * share of all rows runs alone with threaded sgemm; the others run
- * concurrently, largest first, one expert per thread with single-threaded
- * sgemm: with 64 experts of ~100 rows each a threaded sgemm per expert spends
- * its time forking. OpenBLAS's OpenMP build runs calls made inside a parallel
- * region on one thread by itself; its pthreads build is told to for the
- * duration of the region (a process-wide setting, restored after). Every
- * expert writes only its own rows and its own weight gradients, so the
- * result does not depend on the schedule. */
-typedef void (*expert_fn)(int e, void *ctx);
+ * One task per expert with rows, plus one for the shared experts (all n
+ * rows). A task holding more than one thread's share of all rows runs alone
+ * with threaded sgemm; the others run concurrently, largest first, one task
+ * per thread with single-threaded sgemm: with 64 experts of ~100 rows each a
+ * threaded sgemm per expert spends its time forking and waiting. OpenBLAS's
+ * OpenMP build runs calls made inside a parallel region on one thread by
+ * itself; its pthreads build is told to for the duration of the region (a
+ * process-wide setting, restored after). Every task writes only its own rows
+ * and its own weight gradients, so the result does not depend on the schedule. */
+typedef void (*task_fn)(int task, void *ctx);
 
-typedef struct { int m, e; } expert_rows;
+typedef struct { int rows, task; } task_rows;
 
 static int by_rows_desc(const void *a, const void *b) {
-    const expert_rows *x = a, *y = b;
-    return x->m != y->m ? y->m - x->m : x->e - y->e;
+    const task_rows *x = a, *y = b;
+    return x->rows != y->rows ? y->rows - x->rows : x->task - y->task;
 }
 
-static void run_experts(const int *offsets, int E, expert_fn fn, void *ctx) {
-    const int nt = omp_get_max_threads(), total = offsets[E];
-    expert_rows small[MOE_MAX_E];
+/* rows [n_tasks]: rows of each task (0 = nothing to do). */
+static void run_tasks(const int *rows, int n_tasks, task_fn fn, void *ctx) {
+    const int nt = omp_get_max_threads();
+    long total = 0;
+    for (int i = 0; i < n_tasks; i++) total += rows[i];
+    task_rows small[MOE_MAX_E + 1];
     int ns = 0;
-    for (int e = 0; e < E; e++) {
-        const int m = offsets[e + 1] - offsets[e];
-        if (m == 0) continue;
-        if (nt == 1 || (long)m * nt > total) fn(e, ctx);
-        else small[ns++] = (expert_rows){m, e};
+    for (int i = 0; i < n_tasks; i++) {
+        if (rows[i] == 0) continue;
+        if (nt == 1 || (long)rows[i] * nt > total) fn(i, ctx);
+        else small[ns++] = (task_rows){rows[i], i};
     }
     if (ns == 0) return;
     qsort(small, (size_t)ns, sizeof small[0], by_rows_desc);
@@ -240,52 +242,78 @@ static void run_experts(const int *offsets, int E, expert_fn fn, void *ctx) {
     const int blas_threads = pthreads_blas ? openblas_get_num_threads() : 0;
     if (pthreads_blas) openblas_set_num_threads(1);
     #pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < ns; i++) fn(small[i].e, ctx);
+    for (int i = 0; i < ns; i++) fn(small[i].task, ctx);
     if (pthreads_blas) openblas_set_num_threads(blas_threads);
+}
+
+/* Tasks 0..E-1: routed experts (rows from offsets); task E: the shared experts. */
+static void expert_tasks(const ds4_config *c, const int *offsets, int n, int *rows) {
+    const int E = c->n_routed_experts;
+    for (int e = 0; e < E; e++) rows[e] = offsets[e + 1] - offsets[e];
+    rows[E] = c->n_shared_experts > 0 ? n : 0;
 }
 
 typedef struct {
     const ds4_config *c;
     const ds4_layer *W;
     ds4_layer *G;
-    const ds4_layer_acts *A;
+    ds4_layer_acts *A;
     ds4_bw_scratch *s;
+    const float *x, *dy;     /* [n, D] layer input, output gradient */
+    float *dx;               /* [n, D] */
+    int n;
 } expert_ctx;
 
 static void expert_forward(int e, void *p) {
     const expert_ctx *x = p;
-    const int D = x->c->hidden_size, Fm = x->c->moe_intermediate_size;
-    const ds4_layer_acts *A = x->A;
+    const ds4_config *c = x->c;
+    const int D = c->hidden_size, Fm = c->moe_intermediate_size;
+    const ds4_layer *W = x->W;
+    ds4_layer_acts *A = x->A;
+    if (e == c->n_routed_experts) {          /* shared experts: every token, straight into ffn */
+        ds4_swiglu_ffn(A->ffn, x->x, W->sh_gate, W->sh_up, W->sh_down, A->sg, A->su, A->sh, x->n, D,
+                       c->n_shared_experts * Fm, 0);
+        return;
+    }
     const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
     const size_t fo = (size_t)e * Fm * D;
-    ds4_swiglu_ffn(A->ey + (size_t)r0 * D, A->ex + (size_t)r0 * D, x->W->exp_gate + fo, x->W->exp_up + fo,
-                   x->W->exp_down + fo, A->eg + (size_t)r0 * Fm, A->eu + (size_t)r0 * Fm,
+    ds4_swiglu_ffn(A->ey + (size_t)r0 * D, A->ex + (size_t)r0 * D, W->exp_gate + fo, W->exp_up + fo,
+                   W->exp_down + fo, A->eg + (size_t)r0 * Fm, A->eu + (size_t)r0 * Fm,
                    A->eh + (size_t)r0 * Fm, m, D, Fm, 0);
 }
 
 static void expert_backward(int e, void *p) {
     const expert_ctx *x = p;
-    const int D = x->c->hidden_size, Fm = x->c->moe_intermediate_size;
+    const ds4_config *c = x->c;
+    const int D = c->hidden_size, Fm = c->moe_intermediate_size;
+    const ds4_layer *W = x->W;
+    ds4_layer *G = x->G;
     const ds4_layer_acts *A = x->A;
     ds4_bw_scratch *s = x->s;
+    if (e == c->n_routed_experts) {          /* shared experts: dx accumulates directly */
+        ds4_swiglu_ffn_backward(x->dx, G->sh_gate, G->sh_up, G->sh_down, x->dy, x->x, W->sh_gate, W->sh_up,
+                                W->sh_down, A->sg, A->su, A->sh, s->dh, s->dg, s->du, x->n, D,
+                                c->n_shared_experts * Fm);
+        return;
+    }
     const int r0 = A->offsets[e], m = A->offsets[e + 1] - r0;
     const size_t fo = (size_t)e * Fm * D;
     memset(s->dex + (size_t)r0 * D, 0, sizeof(float) * (size_t)m * D);
-    ds4_swiglu_ffn_backward(s->dex + (size_t)r0 * D, x->G->exp_gate + fo, x->G->exp_up + fo, x->G->exp_down + fo,
-                            s->dey + (size_t)r0 * D, A->ex + (size_t)r0 * D, x->W->exp_gate + fo,
-                            x->W->exp_up + fo, x->W->exp_down + fo, A->eg + (size_t)r0 * Fm,
+    ds4_swiglu_ffn_backward(s->dex + (size_t)r0 * D, G->exp_gate + fo, G->exp_up + fo, G->exp_down + fo,
+                            s->dey + (size_t)r0 * D, A->ex + (size_t)r0 * D, W->exp_gate + fo,
+                            W->exp_up + fo, W->exp_down + fo, A->eg + (size_t)r0 * Fm,
                             A->eu + (size_t)r0 * Fm, A->eh + (size_t)r0 * Fm, s->deh + (size_t)r0 * Fm,
                             s->deg + (size_t)r0 * Fm, s->deu + (size_t)r0 * Fm, m, D, Fm);
 }
 
 /* ---- the MoE FFN ------------------------------------------------------------ */
 
-/* MoE FFN: route → (capacity) → permute → per-expert SwiGLU → weighted combine (+ shared).
+/* The MoE FFN forward as explicit steps: route → dispatch → experts → combine.
  * A training forward (A->seq set) also applies capacity and records the
  * balance statistic; inference is dropless, so a token's experts never depend
  * on the other tokens of the batch (prefill and decode agree). */
-void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
-    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
+void ds4_moe_fwd_route(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
+    const int D = c->hidden_size, E = c->n_routed_experts;
     ds4_matmul(A->rlogits, x, W->router, n, D, E, 0);
     ds4_moe_route(c, A->rlogits, W->router_bias, n, A->experts, A->weights, A->scores);
     A->over_capacity = 0;
@@ -295,18 +323,29 @@ void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A,
                                                                 A->experts, A->weights);
         A->balance = (float)ds4_moe_balance_stat(c, A->scores, A->experts, A->seq, n);
     }
-    ds4_moe_permute(A->experts, n, k, E, A->offsets, A->perm_tok, A->perm_slot);
+}
+
+void ds4_moe_fwd_dispatch(const ds4_config *c, ds4_layer_acts *A, const float *x, int n) {
+    const int D = c->hidden_size, k = ds4_moe_k(c);
+    ds4_moe_permute(A->experts, n, k, c->n_routed_experts, A->offsets, A->perm_tok, A->perm_slot);
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < n * k; r++)
         memcpy(A->ex + (size_t)r * D, x + (size_t)A->perm_tok[r] * D, sizeof(float) * D);
-    expert_ctx ctx = {.c = c, .W = W, .A = A};
-    run_experts(A->offsets, E, expert_forward, &ctx);
-    /* combine: each token sums its k expert rows (gather, race-free) */
-    int *row_of = malloc(sizeof(int) * (size_t)n * k);      /* [n, k] permuted row of (t, slot) */
+}
+
+void ds4_moe_fwd_experts(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
+    int rows[MOE_MAX_E + 1];
+    expert_tasks(c, A->offsets, n, rows);
+    if (c->n_shared_experts == 0) memset(A->ffn, 0, sizeof(float) * (size_t)n * c->hidden_size);
+    expert_ctx ctx = {.c = c, .W = W, .A = A, .x = x, .n = n};
+    run_tasks(rows, c->n_routed_experts + 1, expert_forward, &ctx);
+}
+
+void ds4_moe_fwd_combine(const ds4_config *c, ds4_layer_acts *A, int n) {
+    const int D = c->hidden_size, k = ds4_moe_k(c);
+    int *row_of = malloc(sizeof(int) * (size_t)n * k);      /* [n, k] permuted row of (token, slot) */
     for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;
-    const int S = c->n_shared_experts * Fm;
-    if (S > 0) ds4_swiglu_ffn(A->ffn, x, W->sh_gate, W->sh_up, W->sh_down, A->sg, A->su, A->sh, n, D, S, 0);
-    else memset(A->ffn, 0, sizeof(float) * (size_t)n * D);
+    /* each token gathers its k rows (race-free) */
     #pragma omp parallel for schedule(static)
     for (int t = 0; t < n; t++) {
         float *y = A->ffn + (size_t)t * D;
@@ -319,14 +358,17 @@ void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A,
     free(row_of);
 }
 
+void ds4_moe_forward(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
+    ds4_moe_fwd_route(c, W, A, x, n);
+    ds4_moe_fwd_dispatch(c, A, x, n);
+    ds4_moe_fwd_experts(c, W, A, x, n);
+    ds4_moe_fwd_combine(c, A, n);
+}
+
 /* MoE backward: dy [n,D] is the gradient of the FFN output; dx += into [n,D]. */
 void ds4_moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, const ds4_layer_acts *A,
                       const float *x, const float *dy, float *dx, ds4_bw_scratch *s, int n) {
-    const int D = c->hidden_size, E = c->n_routed_experts, Fm = c->moe_intermediate_size, k = ds4_moe_k(c);
-    const int S = c->n_shared_experts * Fm;
-    if (S > 0)
-        ds4_swiglu_ffn_backward(dx, G->sh_gate, G->sh_up, G->sh_down, dy, x, W->sh_gate, W->sh_up, W->sh_down,
-                                A->sg, A->su, A->sh, s->dh, s->dg, s->du, n, D, S);
+    const int D = c->hidden_size, E = c->n_routed_experts, k = ds4_moe_k(c);
     /* per permuted row: dey = w * dy[t]; dweight = <dy[t], ey> */
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < n * k; r++) {
@@ -338,8 +380,11 @@ void ds4_moe_backward(const ds4_config *c, const ds4_layer *W, ds4_layer *G, con
         for (int d = 0; d < D; d++) { dey[d] = w * dyt[d]; dot += (double)dyt[d] * ey[d]; }
         s->dweights[t * k + j] = (float)dot;
     }
-    expert_ctx ctx = {.c = c, .W = W, .G = G, .A = A, .s = s};
-    run_experts(A->offsets, E, expert_backward, &ctx);
+    /* routed experts into dex (zeroed per expert), shared experts into dx, concurrently */
+    int rows[MOE_MAX_E + 1];
+    expert_tasks(c, A->offsets, n, rows);
+    expert_ctx ctx = {.c = c, .W = W, .G = G, .A = (ds4_layer_acts *)A, .s = s, .x = x, .dy = dy, .dx = dx, .n = n};
+    run_tasks(rows, E + 1, expert_backward, &ctx);
     /* unpermute: each token gathers its k rows (race-free) */
     int *row_of = malloc(sizeof(int) * (size_t)n * k);
     for (int r = 0; r < n * k; r++) row_of[A->perm_tok[r] * k + A->perm_slot[r]] = r;

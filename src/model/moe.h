@@ -54,6 +54,22 @@ void ds4_moe_permute(const int *experts, int n, int k, int E, int *offsets,
 void ds4_moe_route_backward(const ds4_config *c, const int *experts, const float *scores,
                             const float *dweights, int n, float *dlogits);
 
+/* ---- the MoE FFN forward as explicit steps (moe.c) ---------------------------
+ * ds4_moe_forward (acts.h) runs them in this order; an expert-parallel
+ * all-to-all slots in after dispatch and before combine. A is the layer's
+ * saved activations, x [n, D] its input. */
+struct ds4_layer_acts;
+/* Router logits, routing; in a training forward (A->seq set) also capacity
+ * and the balance statistic. */
+void ds4_moe_fwd_route(const ds4_config *c, const ds4_layer *W, struct ds4_layer_acts *A, const float *x, int n);
+/* Permutation by expert and the gathered expert inputs A->ex [n*k, D]. */
+void ds4_moe_fwd_dispatch(const ds4_config *c, struct ds4_layer_acts *A, const float *x, int n);
+/* Routed expert SwiGLUs into A->ey [n*k, D] and the shared experts into A->ffn
+ * [n, D] (zero without shared experts), small experts concurrently. */
+void ds4_moe_fwd_experts(const ds4_config *c, const ds4_layer *W, struct ds4_layer_acts *A, const float *x, int n);
+/* A->ffn += sum over each token's k slots of weight * expert output. */
+void ds4_moe_fwd_combine(const ds4_config *c, struct ds4_layer_acts *A, int n);
+
 /* ---- load balancing (moe_balance.c) --------------------------------------- */
 
 /* Sequence-wise balance statistic (DeepSeek-V3 / Switch form), averaged over
