@@ -9,6 +9,8 @@ typedef struct { const char *name; int (*fn)(int, char **); const char *summary;
 static const bench_entry BENCHES[] = {
     {"train",  bench_train,  "training tokens/s and GFLOP/s vs OpenBLAS sgemm (and PyTorch with --torch)"},
     {"decode", bench_decode, "batch-1 fp32 decode tokens/s vs the memory-bandwidth bound"},
+    {"prune",  bench_prune,  "sparse attention + token pruning study: val loss, agreement, FLOPs, wall time, memory"},
+    {"moe",    bench_moe,    "hierarchical MoE study: balance, communication, MoE layer vs dense"},
     {"serve",  bench_serve,  "ds4 serve under 1/8/32/64 loopback streams: tokens/s, TTFT, errors, RSS"},
 };
 
@@ -16,7 +18,7 @@ static void help(void) {
     printf("usage: ds4 bench <what> [options]   (ds4 bench <what> --help)\n\n");
     for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
         printf("  %-8s %s\n", BENCHES[i].name, BENCHES[i].summary);
-    printf("\nNot implemented yet: moe, prune, world, quant.\n");
+    printf("\nNot implemented yet: world, quant.\n");
 }
 
 int cmd_bench(int argc, char **argv) {
