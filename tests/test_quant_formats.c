@@ -369,6 +369,16 @@ static void test_nonfinite(void **state) {
     assert_int_equal(ds4_q_quantize(DS4_Q_Q4_K, z, buf, 1, 256), -1);
     assert_non_null(strstr(ds4_error(), "column 255"));
     assert_int_equal(ds4_q_quantize(DS4_Q_Q4_K, z, buf, 1, 200), -1);
+    z[255] = 1e7f;                                 /* d would overflow fp16 */
+    assert_int_equal(ds4_q_quantize(DS4_Q_Q4_0, z, buf, 1, 256), -1);
+    assert_non_null(strstr(ds4_error(), "out-of-range"));
+    float fbuf[256];
+    assert_int_equal(ds4_q_quantize(DS4_Q_F32, z, fbuf, 1, 256), 0);
+    z[255] = 8.0e6f;                               /* fits Q8_0: d = 8e6 / 127 < 65504 */
+    assert_int_equal(ds4_q_quantize(DS4_Q_Q8_0, z, buf, 1, 256), 0);
+    float back[256];
+    ds4_dequantize_row_q8_0((const ds4_block_q8_0 *)buf, back, 256);
+    assert_true(fabsf(back[255] - 8.0e6f) <= 8.0e6f / 254.0f);
 }
 
 int main(void) {

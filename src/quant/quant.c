@@ -71,15 +71,21 @@ int ds4_q_quantize(ds4_qtype t, const float *src, void *dst, int rows, int cols)
     if (check_shape(t, cols, "ds4_q_quantize")) return -1;
     if (rows < 0) { ds4_set_error("ds4_q_quantize: negative row count %d", rows); return -1; }
     size_t rb = ds4_q_row_bytes(t, cols);
-    long bad = -1;   /* first non-finite element, as row * cols + col */
+    /* the fp16 scales bound what a block can hold: 127, 8 and 63 steps of
+     * the largest fp16 (65504); fp32 holds anything finite */
+    static const float limit[DS4_Q_COUNT] = {
+        [DS4_Q_F32] = 3.4e38f, [DS4_Q_Q8_0] = 127.0f * 65504.0f,
+        [DS4_Q_Q4_0] = 8.0f * 65504.0f, [DS4_Q_Q4_K] = 63.0f * 65504.0f};
+    const float lim = limit[t];
+    long bad = -1;   /* first bad element, as row * cols + col */
 #pragma omp parallel for schedule(dynamic, 4) if (rows > 1 && (long)rows * cols > 65536)
     for (int r = 0; r < rows; r++) {
         const float *x = src + (size_t)r * cols;
         int ok = 1;
-        for (int c = 0; c < cols; c++) ok &= isfinite(x[c]) != 0;
+        for (int c = 0; c < cols; c++) ok &= fabsf(x[c]) <= lim;   /* false for NaN too */
         if (!ok) {
             for (int c = 0; c < cols; c++)
-                if (!isfinite(x[c])) {
+                if (!(fabsf(x[c]) <= lim)) {
 #pragma omp critical(ds4_quant_bad)
                     if (bad < 0 || (long)r * cols + c < bad) bad = (long)r * cols + c;
                     break;
@@ -89,8 +95,9 @@ int ds4_q_quantize(ds4_qtype t, const float *src, void *dst, int rows, int cols)
         quantize_row(t, x, (char *)dst + (size_t)r * rb, cols);
     }
     if (bad >= 0) {
-        ds4_set_error("ds4_q_quantize: non-finite value %g at row %ld, column %ld",
-                      (double)src[bad], bad / cols, bad % cols);
+        float v = src[bad];
+        ds4_set_error("ds4_q_quantize: %s value %g at row %ld, column %ld%s", isfinite(v) ? "out-of-range" : "non-finite",
+                      (double)v, bad / cols, bad % cols, isfinite(v) ? " (beyond what fp16 block scales can hold)" : "");
         return -1;
     }
     return 0;

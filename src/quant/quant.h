@@ -67,8 +67,10 @@ int ds4_q_ggml_type(ds4_qtype t);                  /* ggml type id: 0, 8, 2, 12 
  * the block size or the type is unknown. */
 size_t ds4_q_row_bytes(ds4_qtype t, int n);
 
-/* src [rows, cols] fp32 -> dst [rows, row_bytes]. Non-finite input is an error
- * naming its row and column (dst is then partly written). OpenMP over rows. */
+/* src [rows, cols] fp32 -> dst [rows, row_bytes]. Non-finite input, or a value
+ * beyond what the fp16 block scales can hold (|x| > 127, 8, 63 x 65504 for
+ * Q8_0, Q4_0, Q4_K), is an error naming its row and column (dst is then
+ * partly written). OpenMP over rows. */
 int ds4_q_quantize(ds4_qtype t, const float *src, void *dst, int rows, int cols);
 /* src [rows, row_bytes] -> dst [rows, cols] fp32. */
 int ds4_q_dequantize(ds4_qtype t, const void *src, float *dst, int rows, int cols);
