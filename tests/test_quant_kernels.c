@@ -157,6 +157,34 @@ static void test_tiles(void **state) {
     }
 }
 
+/* The AVX2 activation quantizers write the same bytes as the scalar ones. */
+static void test_act_quant_simd(void **state) {
+    (void)state;
+#ifdef __AVX2__
+    ds4_rng r;
+    ds4_rng_seed(&r, 34);
+    enum { N = 2048 };
+    float x[N];
+    for (int rep = 0; rep < 20; rep++) {
+        float scale = ldexpf(1.0f, (int)(ds4_rng_u64(&r) % 40) - 30);
+        for (int i = 0; i < N; i++) x[i] = scale * ds4_rng_normal(&r);
+        for (int i = 0; i < 32; i++) x[i] = 0.0f;                     /* an all-zero block */
+        for (int i = 32; i < 64; i++) x[i] = (float)(i - 48) * 0.5f;  /* ties at x / d = k + 1/2 */
+        x[100] = -x[100] * 1000.0f;                                  /* an outlier */
+        ds4_block_q8_0 a[N / 32], b[N / 32];
+        ds4_block_q8_K c[N / 256], d[N / 256];
+        ds4_quantize_row_q8_0(x, a, N);
+        ds4_quantize_row_q8_0_avx2(x, b, N);
+        assert_memory_equal(a, b, sizeof(a));
+        ds4_quantize_row_q8_K(x, c, N);
+        ds4_quantize_row_q8_K_avx2(x, d, N);
+        assert_memory_equal(c, d, sizeof(c));
+    }
+#else
+    skip();
+#endif
+}
+
 /* ---- matmul on random shapes ----------------------------------------------------------- */
 static void check_matmul(ds4_rng *r, ds4_qtype t, int n, int in, int out) {
     float *w = randv(r, (size_t)out * in, 0.05f), *x = randv(r, (size_t)n * in, 1.0f);
@@ -244,6 +272,7 @@ int main(void) {
         cmocka_unit_test(test_vec_dot),
         cmocka_unit_test(test_vec_dot_extremes),
         cmocka_unit_test(test_tiles),
+        cmocka_unit_test(test_act_quant_simd),
         cmocka_unit_test(test_matmul_shapes),
         cmocka_unit_test(test_matmul_errors),
     };

@@ -142,9 +142,15 @@ int ds4_q_quantize_act(ds4_qtype t, const float *x, void *xq, int n, int in) {
         void *yr = (char *)xq + (size_t)r * rb;
         switch (t) {
         case DS4_Q_F32: memcpy(yr, xr, rb); break;
+#ifdef __AVX2__
+        case DS4_Q_Q8_0:
+        case DS4_Q_Q4_0: ds4_quantize_row_q8_0_avx2(xr, yr, in); break;
+        case DS4_Q_Q4_K: ds4_quantize_row_q8_K_avx2(xr, yr, in); break;
+#else
         case DS4_Q_Q8_0:
         case DS4_Q_Q4_0: ds4_quantize_row_q8_0(xr, yr, in); break;
         case DS4_Q_Q4_K: ds4_quantize_row_q8_K(xr, yr, in); break;
+#endif
         default: break;
         }
     }

@@ -127,6 +127,9 @@ void ds4_dot_f32_avx2(int n, const void *w, size_t ws, int nw, const void *x, si
 void ds4_dot_q8_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
+/* Byte-identical to the scalar ds4_quantize_row_q8_0 / _q8_K. */
+void ds4_quantize_row_q8_0_avx2(const float *x, ds4_block_q8_0 *y, int n);
+void ds4_quantize_row_q8_K_avx2(const float *x, ds4_block_q8_K *y, int n);
 #endif
 
 #endif

@@ -12,8 +12,10 @@
 
 #if defined(__F16C__)
 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+static inline uint16_t f2h(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
 #else
 static inline float h2f(uint16_t h) { return ds4_fp16_to_fp32(h); }
+static inline uint16_t f2h(float f) { return ds4_fp32_to_fp16(f); }
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
@@ -257,6 +259,66 @@ INLINE void dot_q4_K(int n, const char *w, const char *x, size_t ws, size_t xs, 
 void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
                        float *o, size_t os) {
     DISPATCH(dot_q4_K, n, w, x, ws, xs, o, os)
+}
+
+/* ---- activation quantization ------------------------------------------------------
+ * Same bytes as ds4_quantize_row_q8_0 / ds4_quantize_row_q8_K (same products
+ * x * id, same round-to-nearest-even); they run once per matmul input, which
+ * for small matrices is a noticeable share of a matvec. */
+static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* 32 floats times id -> 32 int8 in order, rounded to nearest even, clamped to +-127 */
+static inline __m256i round_pack32(const float *x, __m256 id) {
+    const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), id),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q[k] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(v), lim), nlim);
+    }
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    /* packs work per 128-bit lane: dwords come out as 0 4 1 5 2 6 3 7 */
+    return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static inline __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+void ds4_quantize_row_q8_0_avx2(const float *x, ds4_block_q8_0 *y, int n) {
+    for (int b = 0; b < n / DS4_QK8_0; b++, x += DS4_QK8_0) {
+        __m256 m = _mm256_max_ps(_mm256_max_ps(abs_ps(_mm256_loadu_ps(x)), abs_ps(_mm256_loadu_ps(x + 8))),
+                                 _mm256_max_ps(abs_ps(_mm256_loadu_ps(x + 16)), abs_ps(_mm256_loadu_ps(x + 24))));
+        float amax = hmax8(m);
+        uint16_t dh = 0;
+        if (amax > 0.0f) {   /* amax / 127 rounded up to fp16, as the reference */
+            dh = f2h(amax / 127.0f);
+            while (dh < 0x7bff && h2f(dh) * 127.0f < amax) dh++;
+        }
+        float d = h2f(dh), id = d > 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = dh;
+        _mm256_storeu_si256((__m256i *)y[b].qs, round_pack32(x, _mm256_set1_ps(id)));
+    }
+}
+
+void ds4_quantize_row_q8_K_avx2(const float *x, ds4_block_q8_K *y, int n) {
+    for (int b = 0; b < n / DS4_QK_K; b++, x += DS4_QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < DS4_QK_K; i += 8) m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(x + i)));
+        float amax = hmax8(m);
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = amax / 127.0f;
+        for (int k = 0; k < DS4_QK_K / 32; k++)
+            _mm256_storeu_si256((__m256i *)(y[b].qs + 32 * k), round_pack32(x + 32 * k, _mm256_set1_ps(id)));
+        for (int k = 0; k < DS4_QK_K / 16; k++) {
+            int s = 0;
+            for (int i = 0; i < 16; i++) s += y[b].qs[16 * k + i];
+            y[b].bsums[k] = (int16_t)s;
+        }
+    }
 }
 
 #else
