@@ -189,12 +189,14 @@ static void test_select_naive(void **state) {
     for (int i = 0; i < nq * Hi * Di; i++) iq[i] = ds4_rng_normal(&r);
     for (int i = 0; i < nq * Hi; i++) iw[i] = ds4_rng_normal(&r);
     for (int i = 0; i < nq; i++) qpos[i] = i < 5 ? kpos[3 * i] : kpos[nkv - 1] - (nq - 1 - i) * 97 + (i % 2);
-    assert_int_equal(ds4_indexer_select(&c, iq, iw, nq, qpos, ik, kpos, nkv, sel), 0);
+    float *kb = calloc(ds4_indexer_keys_floats(nkv, Di), sizeof(float));      /* blocked layout */
+    for (int j = 0; j < nkv; j++) ds4_indexer_key_put(kb, j, ik + j * Di, Di);
+    assert_int_equal(ds4_indexer_select(&c, iq, iw, nq, qpos, kb, kpos, nkv, sel), 0);
     unsigned char *want = malloc(nkv);
     for (int i = 0; i < nq; i++) {
         int hi = 0;
         while (hi < nkv && kpos[hi] <= qpos[i]) hi++;
-        ds4_indexer_scores(iq + i * Hi * Di, iw + i * Hi, Hi, Di, ik, hi, I);
+        ds4_indexer_scores(iq + i * Hi * Di, iw + i * Hi, Hi, Di, kb, hi, I);
         for (int j = 0; j < hi; j++) {     /* the scores themselves, naively in double */
             double s = 0;
             for (int h = 0; h < Hi; h++) {
@@ -229,7 +231,7 @@ static void test_select_naive(void **state) {
         }
         assert_int_equal(got, cnt);
     }
-    free(ik); free(iq); free(iw); free(I); free(kpos); free(qpos); free(sel); free(want);
+    free(ik); free(kb); free(iq); free(iw); free(I); free(kpos); free(qpos); free(sel); free(want);
 }
 
 /* ---- equivalences ---------------------------------------------------------------- */

@@ -91,11 +91,11 @@ static int indexer_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv
         ds4_indexer_seg sg = {
             .nq = i1 - i0, .qpos = ps + i0, .q = A->q + (size_t)i0 * Q, .lse = A->lse + (size_t)i0 * H,
             .n_kv = kv->len[l][sq], .kpos = kv->pos[l] + base, .k = kv->k[l] + base * KD,
-            .iq = A->iq + (size_t)i0 * Hi * Di, .iw = A->iw + (size_t)i0 * Hi, .ik = kv->ki[l] + base * Di,
+            .iq = A->iq + (size_t)i0 * Hi * Di, .iw = A->iw + (size_t)i0 * Hi, .ik = A->ik + (size_t)i0 * Di,
             .sel = warmup ? NULL : A->sel + (size_t)i0 * sk, .sel_k = sk,
             .H = H, .K = K, .Dh = Dh, .Hi = Hi, .Di = Di,
         };
-        /* keys of the sequence are its rows i0.. (the cache started empty) */
+        /* keys of the sequence are its rows i0.. (the cache started empty): A->ik rows */
         double v = ds4_indexer_kl(&sg, scale, s->diq + (size_t)i0 * Hi * Di, s->diw + (size_t)i0 * Hi,
                                   s->dik + (size_t)i0 * Di);
         if (isnan(v)) failed = 1; else kl += v;

@@ -27,6 +27,7 @@ ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity) 
     kv->capacity = capacity;
     kv->kv_dim = c->num_key_value_heads * c->head_dim;
     kv->ki_dim = c->index_topk > 0 ? c->index_head_dim : 0;
+    kv->ki_stride = kv->ki_dim ? ds4_indexer_keys_floats(capacity, kv->ki_dim) : 0;
     size_t rows = (size_t)n_seq * capacity;
     kv->next_pos = ds4_calloc((size_t)n_seq, sizeof(int));
     if (!kv->next_pos) goto fail;
@@ -36,7 +37,7 @@ ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity) 
         kv->pos[l] = ds4_calloc(rows, sizeof(int));
         kv->len[l] = ds4_calloc((size_t)n_seq, sizeof(int));
         if (!kv->k[l] || !kv->v[l] || !kv->pos[l] || !kv->len[l]) goto fail;
-        if (kv->ki_dim && !(kv->ki[l] = ds4_alloc_aligned(rows * kv->ki_dim * sizeof(float)))) goto fail;
+        if (kv->ki_dim && !(kv->ki[l] = ds4_alloc_aligned((size_t)n_seq * kv->ki_stride * sizeof(float)))) goto fail;
     }
     return kv;
 fail:
@@ -279,7 +280,8 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             const size_t row = (size_t)s * kv->capacity + kv->len[l][s]++;
             memcpy(kv->k[l] + row * KD, A->kn + (size_t)i * KD, sizeof(float) * KD);
             memcpy(kv->v[l] + row * KD, A->vn + (size_t)i * KD, sizeof(float) * KD);
-            if (indexed) memcpy(kv->ki[l] + row * Di, A->ik + (size_t)i * Di, sizeof(float) * Di);
+            if (indexed)
+                ds4_indexer_key_put(kv->ki[l] + (size_t)s * kv->ki_stride, kv->len[l][s] - 1, A->ik + (size_t)i * Di, Di);
             kv->pos[l][row] = ps[i];
         }
         for (int i0 = 0; i0 < nk && rc == 0;) {
@@ -297,7 +299,8 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             if (sparse) {   /* the window is part of each query's key list */
                 int *sel = A->sel + (size_t)i0 * sk;
                 if (ds4_indexer_select(c, A->iq + (size_t)i0 * Hi * Di, A->iw + (size_t)i0 * Hi, i1 - i0, ps + i0,
-                                       kv->ki[l] + base * Di, kv->pos[l] + base, kv->len[l][s], sel) != 0) {
+                                       kv->ki[l] + (size_t)s * kv->ki_stride, kv->pos[l] + base, kv->len[l][s],
+                                       sel) != 0) {
                     rc = -1;
                     break;
                 }

@@ -17,9 +17,11 @@ typedef struct ds4_kv_cache {
     int   *pos[DS4_MAX_LAYERS];  /* [n_seq, capacity] original position of each row */
     int   *len[DS4_MAX_LAYERS];  /* [n_seq] rows filled */
     int   *next_pos;             /* [n_seq] next position to be fed */
-    /* lightning indexer keys (index_topk > 0, else NULL / 0), rows as k/v */
+    /* lightning indexer keys (index_topk > 0, else NULL / 0), row j of a
+     * sequence is its j-th key as for k/v, stored lane-major in blocks */
     int    ki_dim;               /* Di = index_head_dim */
-    float *ki[DS4_MAX_LAYERS];   /* [n_seq, capacity, Di] */
+    size_t ki_stride;            /* floats per sequence: ds4_indexer_keys_floats(capacity, Di) */
+    float *ki[DS4_MAX_LAYERS];   /* [n_seq, ki_stride]: each sequence's keys blocked as in indexer.h */
     /* pruned layers: inference counters added by every ds4_forward call
      * (tokens routed, kept, and agreement of the causal rule with top-k
      * membership, scored for batch segments that start at position 0).

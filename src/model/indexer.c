@@ -1,16 +1,17 @@
 /* indexer.c — the lightning indexer (SPEC §1.4): projections, blocked scores
- * (one arithmetic per (query, key) pair whatever the batch, so prefill and
- * decode select the same keys), exact top-k selection by a sampled threshold,
+ * over keys stored lane-major in blocks (one arithmetic per (query, key) pair
+ * whatever the batch, so prefill and decode select the same keys; AVX2+FMA
+ * when compiled for it), exact top-k selection by a sampled threshold,
  * and the KL(p_dense || softmax(I)) training loss with its gradient. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/kernels.h"
+#include "kernels/tile.h"
 #include "model/indexer.h"
 #include "util/util.h"
 
-#define KB 32            /* keys per score block (4 AVX2 registers per head) */
 #define QB 64            /* queries per selection chunk */
 
 int ds4_indexer_sel_k(const ds4_config *c) {
@@ -33,13 +34,73 @@ void ds4_indexer_project(const ds4_config *c, const ds4_layer *W, const float *x
 
 /* ---- scores ---------------------------------------------------------------- */
 
-/* I[qi*ldI + j0 + jj] for queries qi < nq (q rows of Hi*Di, w rows of Hi) and
- * keys j0 .. j0+nk-1 (nk <= KB) of k [., Di]. kt: scratch [Di, KB]. Every
- * score accumulates over d in order, in its own lane: independent of nq, j0. */
-static void score_block(const float *q, const float *w, int nq, int Hi, int Di, const float *k, int j0, int nk,
-                        float *kt, float *I, size_t ldI) {
-    for (int d = 0; d < Di; d++)
-        for (int jj = 0; jj < KB; jj++) kt[d * KB + jj] = jj < nk ? k[(size_t)(j0 + jj) * Di + d] : 0.0f;
+#define KB DS4_IDX_BLOCK
+
+void ds4_indexer_key_put(float *kb, int j, const float *k, int Di) {
+    float *blk = kb + (size_t)(j / KB) * KB * Di + j % KB;
+    for (int d = 0; d < Di; d++) blk[(size_t)d * KB] = k[d];
+}
+
+/* I[qi*ldI + jj] for queries qi < nq (q rows of Hi*Di, w rows of Hi) and the
+ * first nk <= KB keys of one block kt [Di, KB]. Every score accumulates over
+ * d in order in its own lane, heads in order: independent of nq and of the
+ * block's place (lanes past nk may hold anything and are not stored). */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+static void score_block(const float *q, const float *w, int nq, int Hi, int Di, const float *kt, int nk,
+                        float *I, size_t ldI) {
+    const __m256 zero = _mm256_setzero_ps(), rs = _mm256_set1_ps(1.0f / sqrtf((float)Di));
+    for (int qi = 0; qi < nq; qi++) {
+        const float *qq = q + (size_t)qi * Hi * Di, *ww = w + (size_t)qi * Hi;
+        __m256 t0 = zero, t1 = zero, t2 = zero, t3 = zero;
+        int h = 0;
+        for (; h + 2 <= Hi; h += 2) {          /* two heads at once: 8 independent chains */
+            const float *qa = qq + (size_t)h * Di, *qb = qa + Di;
+            __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+            for (int d = 0; d < Di; d++) {
+                const float *kr = kt + (size_t)d * KB;
+                const __m256 k0 = _mm256_loadu_ps(kr), k1 = _mm256_loadu_ps(kr + 8);
+                const __m256 k2 = _mm256_loadu_ps(kr + 16), k3 = _mm256_loadu_ps(kr + 24);
+                const __m256 x = _mm256_broadcast_ss(qa + d), y = _mm256_broadcast_ss(qb + d);
+                a0 = _mm256_fmadd_ps(x, k0, a0); a1 = _mm256_fmadd_ps(x, k1, a1);
+                a2 = _mm256_fmadd_ps(x, k2, a2); a3 = _mm256_fmadd_ps(x, k3, a3);
+                b0 = _mm256_fmadd_ps(y, k0, b0); b1 = _mm256_fmadd_ps(y, k1, b1);
+                b2 = _mm256_fmadd_ps(y, k2, b2); b3 = _mm256_fmadd_ps(y, k3, b3);
+            }
+            const __m256 wa = _mm256_broadcast_ss(ww + h), wb = _mm256_broadcast_ss(ww + h + 1);
+            t0 = _mm256_fmadd_ps(wa, _mm256_max_ps(a0, zero), t0); t1 = _mm256_fmadd_ps(wa, _mm256_max_ps(a1, zero), t1);
+            t2 = _mm256_fmadd_ps(wa, _mm256_max_ps(a2, zero), t2); t3 = _mm256_fmadd_ps(wa, _mm256_max_ps(a3, zero), t3);
+            t0 = _mm256_fmadd_ps(wb, _mm256_max_ps(b0, zero), t0); t1 = _mm256_fmadd_ps(wb, _mm256_max_ps(b1, zero), t1);
+            t2 = _mm256_fmadd_ps(wb, _mm256_max_ps(b2, zero), t2); t3 = _mm256_fmadd_ps(wb, _mm256_max_ps(b3, zero), t3);
+        }
+        for (; h < Hi; h++) {
+            const float *qa = qq + (size_t)h * Di;
+            __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+            for (int d = 0; d < Di; d++) {
+                const float *kr = kt + (size_t)d * KB;
+                const __m256 x = _mm256_broadcast_ss(qa + d);
+                a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(kr), a0); a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(kr + 8), a1);
+                a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(kr + 16), a2); a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(kr + 24), a3);
+            }
+            const __m256 wa = _mm256_broadcast_ss(ww + h);
+            t0 = _mm256_fmadd_ps(wa, _mm256_max_ps(a0, zero), t0); t1 = _mm256_fmadd_ps(wa, _mm256_max_ps(a1, zero), t1);
+            t2 = _mm256_fmadd_ps(wa, _mm256_max_ps(a2, zero), t2); t3 = _mm256_fmadd_ps(wa, _mm256_max_ps(a3, zero), t3);
+        }
+        float *out = I + (size_t)qi * ldI;
+        if (nk == KB) {
+            _mm256_storeu_ps(out, _mm256_mul_ps(t0, rs)); _mm256_storeu_ps(out + 8, _mm256_mul_ps(t1, rs));
+            _mm256_storeu_ps(out + 16, _mm256_mul_ps(t2, rs)); _mm256_storeu_ps(out + 24, _mm256_mul_ps(t3, rs));
+        } else {
+            float tmp[KB];
+            _mm256_storeu_ps(tmp, _mm256_mul_ps(t0, rs)); _mm256_storeu_ps(tmp + 8, _mm256_mul_ps(t1, rs));
+            _mm256_storeu_ps(tmp + 16, _mm256_mul_ps(t2, rs)); _mm256_storeu_ps(tmp + 24, _mm256_mul_ps(t3, rs));
+            memcpy(out, tmp, sizeof(float) * (size_t)nk);
+        }
+    }
+}
+#else
+static void score_block(const float *q, const float *w, int nq, int Hi, int Di, const float *kt, int nk,
+                        float *I, size_t ldI) {
     const float rs = 1.0f / sqrtf((float)Di);
     for (int qi = 0; qi < nq; qi++) {
         float tot[KB] = {0};
@@ -48,22 +109,21 @@ static void score_block(const float *q, const float *w, int nq, int Hi, int Di, 
             float acc[KB] = {0};
             for (int d = 0; d < Di; d++) {
                 const float a = qh[d];
-                const float *kr = kt + d * KB;
+                const float *kr = kt + (size_t)d * KB;
                 for (int jj = 0; jj < KB; jj++) acc[jj] += a * kr[jj];
             }
             const float wh = w[(size_t)qi * Hi + h];
             for (int jj = 0; jj < KB; jj++) tot[jj] += wh * (acc[jj] > 0.0f ? acc[jj] : 0.0f);
         }
-        float *out = I + (size_t)qi * ldI + j0;
+        float *out = I + (size_t)qi * ldI;
         for (int jj = 0; jj < nk; jj++) out[jj] = tot[jj] * rs;
     }
 }
+#endif
 
-void ds4_indexer_scores(const float *q, const float *w, int Hi, int Di, const float *k, int n_kv, float *I) {
-    float *kt = ds4_malloc(sizeof(float) * (size_t)Di * KB);
-    if (!kt) return;
-    for (int j0 = 0; j0 < n_kv; j0 += KB) score_block(q, w, 1, Hi, Di, k, j0, DS4_MIN(KB, n_kv - j0), kt, I, 0);
-    free(kt);
+void ds4_indexer_scores(const float *q, const float *w, int Hi, int Di, const float *kb, int n_kv, float *I) {
+    for (int j0 = 0; j0 < n_kv; j0 += KB)
+        score_block(q, w, 1, Hi, Di, kb + (size_t)j0 * Di, DS4_MIN(KB, n_kv - j0), I + j0, 0);
 }
 
 /* ---- selection --------------------------------------------------------------- */
@@ -136,16 +196,15 @@ static int upper_bound(const int *kpos, int n, long p) {
 }
 
 int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, int nq, const int *qpos,
-                       const float *ik, const int *kpos, int n_kv, int *sel) {
+                       const float *kb, const int *kpos, int n_kv, int *sel) {
     const int Hi = c->index_n_heads, Di = c->index_head_dim, topk = c->index_topk;
     const int win = c->sliding_window, sk = ds4_indexer_sel_k(c);
     const int nth = omp_get_max_threads();
     const int nkv1 = DS4_MAX(n_kv, 1);
     float *I = ds4_malloc(sizeof(float) * (size_t)QB * nkv1);                 /* [QB, n_kv] */
     float *scr = ds4_malloc(sizeof(float) * (size_t)nth * nkv1);              /* [nth, n_kv] */
-    float *kt = ds4_malloc(sizeof(float) * (size_t)nth * Di * KB);            /* [nth, Di, KB] */
     int *hi = ds4_malloc(sizeof(int) * QB);
-    if (!I || !scr || !kt || !hi) { free(I); free(scr); free(kt); free(hi); return -1; }
+    if (!I || !scr || !hi) { free(I); free(scr); free(hi); return -1; }
     for (int q0 = 0; q0 < nq; q0 += QB) {
         const int nb = DS4_MIN(QB, nq - q0);
         int qa = nb, maxhi = 0;      /* queries qa.. need scores (hi > topk), over keys < maxhi */
@@ -157,11 +216,10 @@ int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, in
         const int nblk = (maxhi + KB - 1) / KB;
         if (qa < nb) {
             #pragma omp parallel for schedule(dynamic, 4) num_threads(nth)
-            for (int b = 0; b < nblk; b++) {
-                float *ktt = kt + (size_t)omp_get_thread_num() * Di * KB;
-                score_block(iq + (size_t)(q0 + qa) * Hi * Di, iw + (size_t)(q0 + qa) * Hi, nb - qa, Hi, Di, ik,
-                            b * KB, DS4_MIN(KB, maxhi - b * KB), ktt, I + (size_t)qa * nkv1, (size_t)nkv1);
-            }
+            for (int b = 0; b < nblk; b++)
+                score_block(iq + (size_t)(q0 + qa) * Hi * Di, iw + (size_t)(q0 + qa) * Hi, nb - qa, Hi, Di,
+                            kb + (size_t)b * KB * Di, DS4_MIN(KB, maxhi - b * KB), I + (size_t)qa * nkv1 + b * KB,
+                            (size_t)nkv1);
         }
         #pragma omp parallel for schedule(dynamic, 1) num_threads(nth) if (nb > 1)
         for (int i = 0; i < nb; i++) {
@@ -181,7 +239,7 @@ int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, in
             for (int e = n; e < sk; e++) out[e] = -1;
         }
     }
-    free(I); free(scr); free(kt); free(hi);
+    free(I); free(scr); free(hi);
     return 0;
 }
 
@@ -228,19 +286,16 @@ double ds4_indexer_kl(const ds4_indexer_seg *s, float scale, float *diq, float *
             const float *kj = s->k + (size_t)j * KD;
             double pj = 0;
             for (int h = 0; h < H; h++) {
-                const float *qh = qi + (size_t)h * Dh, *kh = kj + (size_t)(h / G) * Dh;
-                double dot = 0;
-                for (int d = 0; d < Dh; d++) dot += (double)qh[d] * kh[d];
-                pj += exp(dot * scq - lse[h]);
+                const float dot = ds4_tile_dot(qi + (size_t)h * Dh, kj + (size_t)(h / G) * Dh, Dh);
+                pj += expf((float)(dot * scq) - lse[h]);
             }
             p[t] = pj;
             psum += pj;
             const float *ikj = s->ik + (size_t)j * Di;
             double Ij = 0;
             for (int h = 0; h < Hi; h++) {
-                double dot = 0;
-                for (int d = 0; d < Di; d++) dot += (double)iqi[(size_t)h * Di + d] * ikj[d];
-                z[(size_t)t * Hi + h] = (float)dot;
+                const float dot = ds4_tile_dot(iqi + (size_t)h * Di, ikj, Di);
+                z[(size_t)t * Hi + h] = dot;
                 Ij += iwi[h] * (dot > 0 ? dot : 0);
             }
             e[t] = Ij * rs;

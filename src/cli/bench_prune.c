@@ -1,0 +1,792 @@
+/* bench_prune.c — `ds4 bench prune`: the sparse-attention and token-pruning
+ * study of SPEC §1.3-1.4. One small model trained five ways on the same data
+ * and token budget (unpruned; pruning ramps to 10/20/30%; 30% + the lightning
+ * indexer), then validation loss, causal-decision agreement, FLOPs, KV bytes,
+ * prefill/decode wall time and peak memory at 512..8192 context, and an
+ * attention-only benchmark at 4k..32k (indexed vs dense tiled decode, memory
+ * of dense tiled prefill attention vs the naive T x T score matrix). Wall
+ * times and peak memory come from child processes (one per measurement), so
+ * each has its own peak RSS. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <omp.h>
+#include <spawn.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include "cli/bench.h"
+#include "cli/cli.h"
+#include "infer/infer.h"
+#include "kernels/kernels.h"
+#include "model/acts.h"
+#include "model/cost.h"
+#include "model/forward.h"
+#include "model/indexer.h"
+#include "model/prune.h"
+#include "train/train.h"
+#include "util/util.h"
+
+extern char **environ;
+
+#define CMD "bench prune"
+#define N_RUNS 5
+#define MAX_CTX 16
+
+typedef struct prune_opts {
+    const char *data, *val, *tokenizer, *work;
+    long vocab, hidden, layers, heads, head_dim, ffn;
+    long steps, batch, seq, seed, eval_tokens, indexer_warmup;
+    double lr, ratios[N_RUNS - 1], loss_weight;
+    long index_topk, index_heads, index_dim, window;
+    long ctx[MAX_CTX], n_ctx, decode;
+    long attn_ctx[MAX_CTX], n_attn_ctx, attn_heads, attn_kv_heads, attn_head_dim, attn_topk, attn_idx_heads,
+         attn_idx_dim, attn_mem_heads, attn_mem_dim;
+    int do_study, do_timing, do_attn;
+} prune_opts;
+
+static const char *RUN_NAME[N_RUNS] = {"dense (unpruned)", "prune ramp to 10%", "prune ramp to 20%",
+                                       "prune ramp to 30%", "30% + indexer"};
+static const char *RUN_DIR[N_RUNS] = {"dense", "prune10", "prune20", "prune30", "prune30-indexer"};
+
+static void opts_defaults(prune_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->data = "../shared/data/brown/train.txt";
+    o->val = "../shared/data/brown/val.txt";
+    o->work = "bench-prune.work";
+    o->vocab = 2048;
+    o->hidden = 128;
+    o->layers = 4;
+    o->heads = 2;
+    o->head_dim = 64;
+    o->ffn = 384;
+    o->steps = 300;
+    o->batch = 8;
+    o->seq = 256;
+    o->seed = 1;
+    o->eval_tokens = 65536;
+    o->indexer_warmup = -1;         /* -1: 5% of the steps */
+    o->lr = 2e-3;
+    o->ratios[0] = 0; o->ratios[1] = 0.1; o->ratios[2] = 0.2; o->ratios[3] = 0.3;
+    o->loss_weight = 0.1;
+    o->index_topk = 64;
+    o->index_heads = 2;
+    o->index_dim = 16;
+    o->window = 0;
+    const long ctx[] = {512, 1024, 2048, 4096, 8192};
+    o->n_ctx = 5;
+    memcpy(o->ctx, ctx, sizeof ctx);
+    o->decode = 32;
+    const long actx[] = {4096, 8192, 16384, 32768};
+    o->n_attn_ctx = 4;
+    memcpy(o->attn_ctx, actx, sizeof actx);
+    o->attn_heads = 6; o->attn_kv_heads = 6; o->attn_head_dim = 64;
+    o->attn_topk = 2048; o->attn_idx_heads = 4; o->attn_idx_dim = 32;
+    o->attn_mem_heads = 2; o->attn_mem_dim = 32;
+    o->do_study = o->do_timing = o->do_attn = 1;
+}
+
+static void help(void) {
+    printf("usage: ds4 bench prune [--study] [--timing] [--attn] [options]\n\n"
+           "Sparse attention with dynamic token pruning (SPEC 1.3, 1.4). Default: all three parts.\n"
+           "  --study     train one model five ways, same data and token budget: unpruned; pruning with\n"
+           "              the default schedule (none in the first half of the layers, linear ramp) to\n"
+           "              10%%, 20%%, 30%%; 30%% + the lightning indexer. Validation loss (inference path:\n"
+           "              causal keep rule, sparse attention), agreement of the causal decision with\n"
+           "              top-k membership, kept fractions. Models are saved under --work.\n"
+           "  --timing    for each saved model and context: prefill and decode wall time per token,\n"
+           "              FLOPs per token (cost model with the measured keep fractions), KV-cache bytes,\n"
+           "              peak RSS (one child process per measurement)\n"
+           "  --attn      attention alone at 4k..32k keys: indexed sparse decode (indexer scores +\n"
+           "              top-k + sparse attention) vs dense tiled decode; peak memory of dense tiled\n"
+           "              prefill attention vs the naive T x T score matrix\n"
+           "options (defaults in brackets; scale up for a longer study):\n"
+           "  --data F --val F          text [../shared/data/brown/train.txt, val.txt]\n"
+           "  --tokenizer F             tokenizer.json [trained on --data, --vocab 2048]\n"
+           "  --work DIR                models and token shards [bench-prune.work]\n"
+           "  --hidden 128 --layers 4 --heads 2 --head-dim 64 --ffn 384\n"
+           "  --steps 300 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
+           "  --index-topk 64 --index-heads 2 --index-dim 16 --window 0 --indexer-warmup [steps/20]\n"
+           "  --eval-tokens 65536       held-out tokens for validation and agreement\n"
+           "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
+           "  --attn-ctx 4096,8192,16384,32768 --attn-heads 6 --attn-kv-heads 6 --attn-head-dim 64\n"
+           "  --attn-topk 2048 --attn-index-heads 4 --attn-index-dim 32\n"
+           "  --attn-mem-heads 2 --attn-mem-dim 32   (shape of the prefill memory check)\n");
+}
+
+static int parse_list(const char *s, long *out, long *n, long lo, long hi) {
+    *n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < lo || v > hi || *n >= MAX_CTX) return -1;
+        out[(*n)++] = v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+/* ---- configs and data ----------------------------------------------------------- */
+
+static void run_config(ds4_config *c, const prune_opts *o, int vocab, int run) {
+    ds4_config_defaults(c);
+    c->vocab_size = vocab;
+    c->hidden_size = (int)o->hidden;
+    c->intermediate_size = (int)o->ffn;
+    c->num_hidden_layers = (int)o->layers;
+    c->first_k_dense_replace = (int)o->layers;
+    c->num_attention_heads = (int)o->heads;
+    c->num_key_value_heads = (int)o->heads;
+    c->head_dim = (int)o->head_dim;
+    long maxctx = o->seq;
+    for (int i = 0; i < o->n_ctx; i++) maxctx = DS4_MAX(maxctx, o->ctx[i] + o->decode);
+    c->max_position_embeddings = (int)maxctx;
+    c->tie_word_embeddings = 1;
+    c->prune_loss_weight = (float)o->loss_weight;
+    c->sliding_window = (int)o->window;
+    ds4_prune_default_schedule(c, (float)o->ratios[run < N_RUNS - 1 ? run : N_RUNS - 2]);
+    if (run == N_RUNS - 1) {
+        c->index_topk = (int)o->index_topk;
+        c->index_n_heads = (int)o->index_heads;
+        c->index_head_dim = (int)o->index_dim;
+    }
+}
+
+static int tokenize_file(const ds4_tokenizer *tok, const char *path, int **ids, size_t *n) {
+    char *text;
+    size_t len;
+    if (ds4_read_file(path, &text, &len) != 0) return -1;
+    int rc = ds4_tokenizer_encode(tok, text, len, ids, n);
+    free(text);
+    return rc;
+}
+
+static int load_data(const prune_opts *o, int **train, size_t *ntrain, int **val, size_t *nval, int *vocab) {
+    ds4_tokenizer *tok = NULL;
+    if (o->tokenizer) tok = ds4_tokenizer_load(o->tokenizer);
+    else {
+        char *text;
+        size_t len;
+        if (ds4_read_file(o->data, &text, &len) != 0) return -1;
+        fprintf(stderr, "training a %ld-token BPE tokenizer on %s...\n", o->vocab, o->data);
+        tok = ds4_tokenizer_train(text, len, (int)o->vocab, 0);
+        free(text);
+    }
+    if (!tok) return -1;
+    int rc = tokenize_file(tok, o->data, train, ntrain) || tokenize_file(tok, o->val, val, nval) ? -1 : 0;
+    *vocab = ds4_tokenizer_vocab_size(tok);
+    ds4_tokenizer_free(tok);
+    return rc;
+}
+
+/* ---- study: training and validation ----------------------------------------------- */
+
+typedef struct run_result {
+    double val_loss, train_loss, seconds, tokens_per_s;
+    double train_agree, train_kl;            /* over the last quarter of the steps */
+    ds4_prune_counts eval[DS4_MAX_LAYERS];   /* inference rule on held-out windows */
+    double keep[DS4_MAX_LAYERS];             /* measured kept fraction per layer */
+    double agree;                            /* eval agreement over pruned layers */
+} run_result;
+
+/* Held-out windows through the inference path: per-layer keep and agreement
+ * counters of the causal rule (top-k membership known: whole windows). */
+static int eval_counters(const ds4_model *m, const int *val, size_t nval, int T, run_result *r) {
+    const ds4_config *c = &m->cfg;
+    ds4_kv_cache *kv = ds4_kv_cache_create(c, 1, T);
+    int *seq = ds4_calloc((size_t)T, sizeof(int));
+    float *lg = ds4_malloc(sizeof(float) * c->vocab_size);
+    if (!kv || !seq || !lg) { ds4_kv_cache_free(kv); free(seq); free(lg); return -1; }
+    int last = T - 1, rc = 0;
+    for (size_t s = 0; s + (size_t)T <= nval && rc == 0; s += (size_t)T) {
+        ds4_kv_cache_reset_seq(kv, 0);
+        ds4_batch b = {.n = T, .tokens = val + s, .seq = seq};
+        rc = ds4_forward(m, &b, kv, &last, 1, lg);
+    }
+    int64_t scored = 0, agree = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        r->eval[l] = kv->prune[l];
+        r->keep[l] = kv->prune[l].tokens ? (double)kv->prune[l].kept / kv->prune[l].tokens : 1.0;
+        scored += kv->prune[l].scored;
+        agree += kv->prune[l].agree;
+    }
+    r->agree = scored ? (double)agree / scored : NAN;
+    ds4_kv_cache_free(kv);
+    free(seq); free(lg);
+    return rc;
+}
+
+static int train_one(const prune_opts *o, const ds4_config *cfg, const int *train, size_t ntrain,
+                     const int *val, size_t nval, int run, run_result *res) {
+    const int B = (int)o->batch, T = (int)o->seq;
+    ds4_model *m = ds4_model_create(cfg, (uint64_t)o->seed);
+    ds4_train_ctx *ctx = m ? ds4_train_ctx_create(m, B, T) : NULL;
+    float *grads = m ? ds4_alloc_aligned(m->layout.n_floats * sizeof(float)) : NULL;
+    int *buf = ds4_malloc(sizeof(int) * (size_t)B * (T + 1));
+    unsigned char *saved = m ? ds4_malloc((size_t)m->layout.n_tensors) : NULL;
+    ds4_adamw opt = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    int rc = -1;
+    if (!m || !ctx || !grads || !buf || !saved || ds4_adamw_init(&opt, m) != 0) goto out;
+    ds4_rng rng;
+    ds4_rng_seed(&rng, (uint64_t)o->seed * 7919 + 17);           /* same batches for every run */
+    const long iwarm = cfg->index_topk > 0 ? (o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup) : 0;
+    const double t0 = ds4_time_s();
+    double tail_loss = 0, agree_sum = 0, kl_sum = 0;
+    long tail = 0, agree_n = 0;
+    for (long step = 0; step < o->steps; step++) {
+        const float lr = ds4_lr_schedule(step, o->steps, o->steps / 20, (float)o->lr, 0.1f);
+        const int warm = step < iwarm;
+        ds4_train_ctx_acts(ctx)->indexer_warmup = warm;
+        for (int b = 0; b < B; b++) {
+            size_t off = (size_t)(ds4_rng_u64(&rng) % (uint64_t)(ntrain - (size_t)T - 1));
+            memcpy(buf + (size_t)b * (T + 1), train + off, sizeof(int) * (size_t)(T + 1));
+        }
+        memset(grads, 0, m->layout.n_floats * sizeof(float));
+        double loss = ds4_train_ctx_step(ctx, m, buf, grads, 1.0f);
+        if (isnan(loss)) goto out;
+        ds4_clip_grad_norm(m, grads, 1.0f);
+        if (warm) ds4_layout_indexer_only(&m->layout, saved, 1);
+        ds4_adamw_step(&opt, m, grads, lr);
+        if (warm) ds4_layout_indexer_only(&m->layout, saved, 0);
+        ds4_prune_step_stats ps;
+        ds4_train_ctx_prune_step(ctx, &ps);
+        if (step >= o->steps - DS4_MAX(1, o->steps / 4)) {
+            tail_loss += loss;
+            tail++;
+            if (!isnan(ps.agreement)) { agree_sum += ps.agreement; agree_n++; }
+            kl_sum += ps.kl;
+        }
+        if ((step + 1) % 50 == 0 || step + 1 == o->steps)
+            fprintf(stderr, "  [%s] step %ld/%ld loss %.4f%s (%.0f s)\n", RUN_DIR[run], step + 1, o->steps, loss,
+                    warm ? " (indexer warm-up)" : "", ds4_time_s() - t0);
+    }
+    res->seconds = ds4_time_s() - t0;
+    res->tokens_per_s = (double)o->steps * B * T / res->seconds;
+    res->train_loss = tail_loss / tail;
+    res->train_agree = agree_n ? agree_sum / agree_n : NAN;
+    res->train_kl = kl_sum / tail;
+    /* validation: the inference path (causal keep rule, sparse attention) */
+    size_t ne = DS4_MIN(nval, (size_t)o->eval_tokens);
+    ds4_eval_result er;
+    if (ds4_eval_tokens(m, val, ne, T, 8, &er) != 0) goto out;
+    res->val_loss = er.loss;
+    if (eval_counters(m, val, ne, T, res) != 0) goto out;
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", o->work, RUN_DIR[run]);
+    if (ds4_model_save(m, dir) != 0) goto out;
+    rc = 0;
+out:
+    ds4_adamw_free(&opt);
+    free(grads); free(buf); free(saved);
+    ds4_train_ctx_free(ctx);
+    ds4_model_free(m);
+    return rc;
+}
+
+/* ---- child processes ------------------------------------------------------------------ */
+
+/* Peak resident set of this process image: VmHWM of /proc/self/status (the
+ * high-water mark of the current address space; getrusage's ru_maxrss would
+ * carry the spawning parent's peak across exec). */
+static long peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) break;
+    if (f) fclose(f);
+    if (kb < 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        kb = ru.ru_maxrss;
+    }
+    return kb * 1024L;
+}
+
+/* Runs `ds4 bench prune ARGS...` in a fresh process and returns its stdout
+ * (malloc'd) or NULL. A fresh process gives each measurement its own peak RSS. */
+static char *run_child(char **args) {
+    int fd[2];
+    if (pipe(fd) != 0) { ds4_set_error("pipe failed"); return NULL; }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, fd[0]);
+    pid_t pid;
+    int err = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, args, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fd[1]);
+    if (err != 0) { close(fd[0]); ds4_set_error("cannot start a child process (error %d)", err); return NULL; }
+    size_t cap = 4096, len = 0;
+    char *out = malloc(cap);
+    ssize_t k;
+    while (out && (k = read(fd[0], out + len, cap - len - 1)) > 0) {
+        len += (size_t)k;
+        if (cap - len < 2) { char *p = realloc(out, cap *= 2); if (!p) { free(out); out = NULL; } else out = p; }
+    }
+    close(fd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    if (!out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        free(out);
+        ds4_set_error("child measurement failed (%s)", args[3]);
+        return NULL;
+    }
+    out[len] = 0;
+    return out;
+}
+
+static double jnum(const cJSON *j, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* Child: load a model, prefill ctx tokens of the shard (repeated as needed),
+ * then decode n tokens one at a time. Prints one JSON line. */
+static int child_model_run(const char *dir, const char *shard, long ctx, long n) {
+    ds4_model *m = ds4_model_load(dir);
+    if (!m) return cli_fail(CMD);
+    int *ids;
+    size_t nid;
+    if (ds4_shard_read(shard, &ids, &nid) != 0 || nid < 2) return cli_fail(CMD);
+    const long total = ctx + n;
+    int *seq = calloc((size_t)total, sizeof(int)), *tok = malloc(sizeof(int) * (size_t)total);
+    float *lg = malloc(sizeof(float) * m->cfg.vocab_size);
+    ds4_kv_cache *kv = ds4_kv_cache_create(&m->cfg, 1, (int)total);
+    if (!seq || !tok || !lg || !kv) return cli_fail(CMD);
+    for (long i = 0; i < total; i++) tok[i] = ids[(size_t)i % nid];
+    /* prefill: best of 2 (1 above 2048 tokens) */
+    double best = 1e30;
+    const int reps = ctx > 2048 ? 1 : 2;
+    for (int r = 0; r < reps; r++) {
+        ds4_kv_cache_reset_seq(kv, 0);
+        ds4_kv_cache_reset_stats(kv);
+        ds4_batch b = {.n = (int)ctx, .tokens = tok, .seq = seq};
+        int last = (int)ctx - 1;
+        const double t0 = ds4_time_s();
+        if (ds4_forward(m, &b, kv, &last, 1, lg) != 0) return cli_fail(CMD);
+        best = fmin(best, ds4_time_s() - t0);
+    }
+    const size_t kv_bytes = ds4_kv_cache_bytes_used(kv);
+    double keep[DS4_MAX_LAYERS];
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        keep[l] = kv->prune[l].tokens ? (double)kv->prune[l].kept / kv->prune[l].tokens : 1.0;
+    /* decode: median time per token */
+    double *dt = malloc(sizeof(double) * (size_t)DS4_MAX(n, 1));
+    for (long i = 0; i < n; i++) {
+        ds4_batch b = {.n = 1, .tokens = tok + ctx + i, .seq = seq};
+        const double t0 = ds4_time_s();
+        if (ds4_forward(m, &b, kv, NULL, 1, lg) != 0) return cli_fail(CMD);
+        dt[i] = ds4_time_s() - t0;
+    }
+    for (long i = 1; i < n; i++)          /* insertion sort: n is small */
+        for (long j = i; j > 0 && dt[j] < dt[j - 1]; j--) { double s = dt[j]; dt[j] = dt[j - 1]; dt[j - 1] = s; }
+    printf("{\"prefill_s\":%.6f,\"decode_s\":%.7f,\"kv_bytes\":%zu,\"peak_rss\":%ld,\"keep\":[", best,
+           n > 0 ? dt[n / 2] : 0.0, kv_bytes, peak_rss_bytes());
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++) printf("%s%.5f", l ? "," : "", keep[l]);
+    printf("]}\n");
+    free(dt); free(seq); free(tok); free(lg); free(ids);
+    ds4_kv_cache_free(kv);
+    ds4_model_free(m);
+    return 0;
+}
+
+/* Child: dense tiled causal prefill attention over T tokens (H heads of Dh);
+ * prints the peak RSS before and after. */
+static int child_attn_mem(long T, long H, long Dh) {
+    const long base = peak_rss_bytes();
+    const size_t qs = (size_t)H * Dh;
+    float *q = ds4_alloc_aligned((size_t)T * qs * sizeof(float)), *k = ds4_alloc_aligned((size_t)T * qs * sizeof(float));
+    float *v = ds4_alloc_aligned((size_t)T * qs * sizeof(float)), *out = ds4_alloc_aligned((size_t)T * qs * sizeof(float));
+    float *lse = ds4_alloc_aligned((size_t)T * H * sizeof(float));
+    int *pos = malloc(sizeof(int) * (size_t)T);
+    if (!q || !k || !v || !out || !lse || !pos) return cli_fail(CMD);
+    ds4_rng r;
+    ds4_rng_seed(&r, 3);
+    for (size_t i = 0; i < (size_t)T * qs; i++) { q[i] = ds4_rng_normal(&r); k[i] = ds4_rng_normal(&r); v[i] = ds4_rng_normal(&r); }
+    for (long i = 0; i < T; i++) pos[i] = (int)i;
+    const long inputs = peak_rss_bytes();
+    ds4_attn a = {.n_q = (int)T, .q = q, .qpos = pos, .n_kv = (int)T, .k = k, .v = v, .kpos = pos,
+                  .n_heads = (int)H, .n_kv_heads = (int)H, .head_dim = (int)Dh};
+    const double t0 = ds4_time_s();
+    ds4_attention_forward(&a, out, lse);
+    const double dt = ds4_time_s() - t0;
+    printf("{\"base\":%ld,\"inputs\":%ld,\"peak\":%ld,\"seconds\":%.4f}\n", base, inputs, peak_rss_bytes(), dt);
+    free(q); free(k); free(v); free(out); free(lse); free(pos);
+    return 0;
+}
+
+/* ---- study report ------------------------------------------------------------------------- */
+
+static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
+    int *train = NULL, *val = NULL;
+    size_t ntrain = 0, nval = 0;
+    int vocab;
+    const double t_start = ds4_time_s();
+    if (load_data(o, &train, &ntrain, &val, &nval, &vocab) != 0) return cli_fail(CMD);
+    *vocab_out = vocab;
+    if (ntrain < (size_t)o->seq + 2 || nval < (size_t)o->seq + 1) {
+        fprintf(stderr, "ds4 %s: too few tokens (train %zu, val %zu) for --seq %ld\n", CMD, ntrain, nval, o->seq);
+        free(train); free(val);
+        return 1;
+    }
+    char path[4200];
+    if (ds4_mkdir_p(o->work) != 0) { free(train); free(val); return cli_fail(CMD); }
+    snprintf(path, sizeof path, "%s/val.bin", o->work);
+    if (ds4_shard_write(path, val, nval) != 0) { free(train); free(val); return cli_fail(CMD); }
+    ds4_config cfgs[N_RUNS];
+    for (int r = 0; r < N_RUNS; r++) {
+        run_config(&cfgs[r], o, vocab, r);
+        if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); return cli_fail(CMD); }
+    }
+    fprintf(stderr, "ds4 %s --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run\n",
+            CMD, ntrain, nval, vocab, o->steps, o->batch, o->seq, o->steps * o->batch * o->seq / 1e6);
+    for (int r = 0; r < N_RUNS; r++)
+        if (train_one(o, &cfgs[r], train, ntrain, val, nval, r, &res[r]) != 0) {
+            free(train); free(val);
+            return cli_fail(CMD);
+        }
+    const ds4_config *cf = &cfgs[N_RUNS - 1];
+    printf("ds4 bench prune --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
+    printf("  model: V %d, D %d, L %d, %d heads x %d, FFN %d, tied embeddings; %.2fM training tokens per run\n"
+           "  (%ld steps x %ld x %ld, lr %g, same batches); held-out: %zu tokens of %s\n",
+           vocab, cf->hidden_size, cf->num_hidden_layers, cf->num_attention_heads, cf->head_dim,
+           cf->intermediate_size, o->steps * o->batch * o->seq / 1e6, o->steps, o->batch, o->seq, o->lr,
+           DS4_MIN(nval, (size_t)o->eval_tokens), o->val);
+    printf("  pruning: default schedule (no pruning in layers < L/2, linear ramp to the max ratio in the\n"
+           "  last layer), router BCE weight %g; indexer: top-%d keys, %d heads x %d, window %d, %ld warm-up steps\n"
+           "  validation runs the inference path: keep iff sigmoid(r) > 0.5, indexed sparse attention.\n\n",
+           o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,
+           o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup);
+    printf("  %-20s %9s %9s %10s %9s %9s %9s %7s %6s\n", "run", "val loss", "vs dense", "train loss", "agree(tr)",
+           "agree(ev)", "kept", "tok/s", "time");
+    for (int r = 0; r < N_RUNS; r++) {
+        double kept = 0;
+        for (int l = 0; l < cfgs[r].num_hidden_layers; l++) kept += res[r].keep[l];
+        kept /= cfgs[r].num_hidden_layers;
+        char atr[16] = "-", aev[16] = "-";
+        if (!isnan(res[r].train_agree)) snprintf(atr, sizeof atr, "%.1f%%", 100 * res[r].train_agree);
+        if (!isnan(res[r].agree)) snprintf(aev, sizeof aev, "%.1f%%", 100 * res[r].agree);
+        printf("  %-20s %9.4f %+8.2f%% %10.4f %9s %9s %8.1f%% %7.0f %5.0fs\n", RUN_NAME[r], res[r].val_loss,
+               100 * (res[r].val_loss / res[0].val_loss - 1), res[r].train_loss, atr, aev, 100 * kept,
+               res[r].tokens_per_s, res[r].seconds);
+    }
+    printf("\n  per pruned layer on held-out windows (ratio: kept by the causal rule, agreement with top-k):\n");
+    for (int r = 1; r < N_RUNS; r++) {
+        printf("  %-20s", RUN_NAME[r]);
+        for (int l = 0; l < cfgs[r].num_hidden_layers; l++) {
+            const float rho = ds4_prune_ratio(&cfgs[r], l);
+            if (rho <= 0) continue;
+            const ds4_prune_counts *pc = &res[r].eval[l];
+            printf("  L%d %2.0f%%: %4.1f%% %5.1f%%", l, 100 * rho, 100 * res[r].keep[l],
+                   pc->scored ? 100.0 * pc->agree / pc->scored : NAN);
+        }
+        printf("\n");
+    }
+    if (cf->index_topk > 0) printf("  indexer KL(p || softmax(I)) over the last quarter of training: %.4f (sum over layers)\n",
+                                   res[N_RUNS - 1].train_kl);
+    free(train); free(val);
+    return 0;
+}
+
+/* ---- timing ------------------------------------------------------------------------------------- */
+
+typedef struct timing { double prefill, decode, kv_bytes, rss, keep[DS4_MAX_LAYERS]; } timing;
+
+static int run_timing(const prune_opts *o, int *pass) {
+    ds4_config cfgs[N_RUNS];
+    int present = 0;
+    for (int r = 0; r < N_RUNS; r++) {
+        char path[4300];
+        snprintf(path, sizeof path, "%s/%s/config.json", o->work, RUN_DIR[r]);
+        if (ds4_config_load(&cfgs[r], path) != 0) {
+            fprintf(stderr, "ds4 %s --timing: %s (run --study first, same --work)\n", CMD, ds4_error());
+            return 1;
+        }
+        present++;
+    }
+    timing tm[N_RUNS][MAX_CTX];
+    char shard[4200];
+    snprintf(shard, sizeof shard, "%s/val.bin", o->work);
+    fprintf(stderr, "timing prefill + %ld decode steps at %ld contexts x %d models (one process each)...\n",
+            o->decode, o->n_ctx, present);
+    for (int ci = 0; ci < o->n_ctx; ci++)            /* contexts outside, models inside: drift hits all alike */
+        for (int r = 0; r < N_RUNS; r++) {
+            char dir[4300], sctx[32], sdec[32];
+            snprintf(dir, sizeof dir, "%s/%s", o->work, RUN_DIR[r]);
+            snprintf(sctx, sizeof sctx, "%ld", o->ctx[ci]);
+            snprintf(sdec, sizeof sdec, "%ld", o->decode);
+            char *args[] = {"ds4", "bench", "prune", "--child-model", dir, "--child-ids", shard, "--child-ctx", sctx,
+                            "--child-decode", sdec, NULL};
+            char *out = run_child(args);
+            if (!out) return cli_fail(CMD);
+            cJSON *j = cJSON_Parse(out);
+            free(out);
+            if (!j) { fprintf(stderr, "ds4 %s: unreadable child output\n", CMD); return 1; }
+            timing *t = &tm[r][ci];
+            t->prefill = jnum(j, "prefill_s") / o->ctx[ci];
+            t->decode = jnum(j, "decode_s");
+            t->kv_bytes = jnum(j, "kv_bytes");
+            t->rss = jnum(j, "peak_rss");
+            const cJSON *kp = cJSON_GetObjectItemCaseSensitive(j, "keep");
+            for (int l = 0; l < cfgs[r].num_hidden_layers; l++) {
+                const cJSON *x = cJSON_GetArrayItem(kp, l);
+                t->keep[l] = cJSON_IsNumber(x) ? x->valuedouble : 1.0;
+            }
+            cJSON_Delete(j);
+            fprintf(stderr, "  ctx %5ld %-18s prefill %.3f ms/tok, decode %.3f ms/tok\n", o->ctx[ci], RUN_DIR[r],
+                    1e3 * t->prefill, 1e3 * t->decode);
+        }
+    printf("\nds4 bench prune --timing (%d threads; wall times are medians/minima of this run, machine shared)\n",
+           omp_get_max_threads());
+    printf("  FLOPs: forward per token at that context from the cost model with the keep fractions the\n"
+           "  prefill measured (cost.h); KV: bytes of the filled cache after the prefill; RSS: peak of the\n"
+           "  child process (weights + cache + scratch).\n\n");
+    printf("  %-6s %-18s %10s %10s %12s %12s %10s %9s\n", "ctx", "model", "MFLOP/tok", "KV MB", "prefill ms/t",
+           "decode ms/t", "peak MB", "vs dense");
+    for (int ci = 0; ci < o->n_ctx; ci++)
+        for (int r = 0; r < N_RUNS; r++) {
+            ds4_cost cst;
+            ds4_cost_layers(&cfgs[r], (double)o->ctx[ci], tm[r][ci].keep, NULL, &cst);
+            const timing *t = &tm[r][ci], *d = &tm[0][ci];
+            printf("  %-6ld %-18s %10.2f %10.2f %12.4f %12.4f %10.1f  %+4.0f%%/%+4.0f%%\n", o->ctx[ci], RUN_DIR[r],
+                   cst.total / 1e6, t->kv_bytes / 1e6, 1e3 * t->prefill, 1e3 * t->decode, t->rss / 1e6,
+                   100 * (t->prefill / d->prefill - 1), 100 * (t->decode / d->decode - 1));
+        }
+    printf("  (vs dense: prefill / decode wall time per token)\n");
+    const int last = (int)o->n_ctx - 1, F = N_RUNS - 1;
+    const double pre = 1 - tm[F][last].prefill / tm[0][last].prefill, dec = 1 - tm[F][last].decode / tm[0][last].decode;
+    ds4_cost cd, cfl;
+    ds4_cost_layers(&cfgs[0], (double)o->ctx[last], tm[0][last].keep, NULL, &cd);
+    ds4_cost_layers(&cfgs[F], (double)o->ctx[last], tm[F][last].keep, NULL, &cfl);
+    printf("\n  at %ld context, 30%% + indexer vs dense: prefill %.1f%% less wall time per token, decode %.1f%% less,\n"
+           "  %.1f%% fewer FLOPs per token, %.1f%% fewer KV bytes  (target: >= 40%% less wall time)\n",
+           o->ctx[last], 100 * pre, 100 * dec, 100 * (1 - cfl.total / cd.total),
+           100 * (1 - tm[F][last].kv_bytes / tm[0][last].kv_bytes));
+    pass[0] = pre >= 0.4 && dec >= 0.4;
+    printf("{\"bench\":\"prune_timing\",\"threads\":%d,\"ctx\":%ld,\"prefill_saving\":%.4f,\"decode_saving\":%.4f,"
+           "\"flops_saving\":%.4f,\"kv_saving\":%.4f,\"dense_prefill_ms\":%.5f,\"full_prefill_ms\":%.5f,"
+           "\"dense_decode_ms\":%.5f,\"full_decode_ms\":%.5f}\n", omp_get_max_threads(), o->ctx[last], pre, dec,
+           1 - cfl.total / cd.total, 1 - tm[F][last].kv_bytes / tm[0][last].kv_bytes, 1e3 * tm[0][last].prefill,
+           1e3 * tm[F][last].prefill, 1e3 * tm[0][last].decode, 1e3 * tm[F][last].decode);
+    return 0;
+}
+
+/* ---- attention alone ------------------------------------------------------------------------------- */
+
+static double fastest(const double *v, int n) {
+    double m = v[0];
+    for (int i = 1; i < n; i++) m = fmin(m, v[i]);
+    return m;
+}
+
+static int run_attn(const prune_opts *o, double *speedup_out) {
+    const int H = (int)o->attn_heads, K = (int)o->attn_kv_heads, Dh = (int)o->attn_head_dim;
+    const int Hi = (int)o->attn_idx_heads, Di = (int)o->attn_idx_dim;
+    if (H % K != 0) { fprintf(stderr, "ds4 %s: --attn-heads must be a multiple of --attn-kv-heads\n", CMD); return 2; }
+    ds4_config c;
+    ds4_config_defaults(&c);
+    c.index_topk = (int)o->attn_topk;
+    c.index_n_heads = Hi;
+    c.index_head_dim = Di;
+    c.sliding_window = 0;
+    long maxT = 0;
+    for (int i = 0; i < o->n_attn_ctx; i++) maxT = DS4_MAX(maxT, o->attn_ctx[i]);
+    const size_t KD = (size_t)K * Dh, Q = (size_t)H * Dh;
+    float *k = ds4_alloc_aligned((size_t)maxT * KD * sizeof(float)), *v = ds4_alloc_aligned((size_t)maxT * KD * sizeof(float));
+    const size_t nki = ds4_indexer_keys_floats((int)maxT, Di);      /* blocked indexer keys */
+    float *ki = ds4_alloc_aligned(nki * sizeof(float)), *q = ds4_alloc_aligned(Q * sizeof(float));
+    float *iq = ds4_alloc_aligned((size_t)Hi * Di * sizeof(float)), *iw = ds4_alloc_aligned((size_t)Hi * sizeof(float));
+    float *out = ds4_alloc_aligned(Q * sizeof(float));
+    int *pos = malloc(sizeof(int) * (size_t)maxT), *sel = malloc(sizeof(int) * (size_t)c.index_topk);
+    if (!k || !v || !ki || !q || !iq || !iw || !out || !pos || !sel) return cli_fail(CMD);
+    ds4_rng r;
+    ds4_rng_seed(&r, 5);
+    for (size_t i = 0; i < (size_t)maxT * KD; i++) { k[i] = ds4_rng_normal(&r); v[i] = ds4_rng_normal(&r); }
+    for (size_t i = 0; i < nki; i++) ki[i] = ds4_rng_normal(&r);
+    for (size_t i = 0; i < Q; i++) q[i] = ds4_rng_normal(&r);
+    for (int i = 0; i < Hi * Di; i++) iq[i] = ds4_rng_normal(&r);
+    for (int i = 0; i < Hi; i++) iw[i] = 1.0f + 0.1f * ds4_rng_normal(&r);
+    for (long i = 0; i < maxT; i++) pos[i] = (int)i;
+    printf("\nds4 bench prune --attn (%d threads): one decode query over T cached keys, H %d, KV heads %d, Dh %d;\n"
+           "  indexed: indexer %d heads x %d scores all T keys, exact top-%ld, sparse tiled attention over them.\n"
+           "  Times: fastest of 25 interleaved calls in this run (least disturbed by other load).\n\n", omp_get_max_threads(), H, K, Dh, Hi, Di, o->attn_topk);
+    printf("  %-7s %12s %12s %12s %9s %12s %12s\n", "T", "dense ms", "indexed ms", "(select ms)", "speedup",
+           "dense MB rd", "indexed MB rd");
+    double speed = 0;
+    for (int ti = 0; ti < o->n_attn_ctx; ti++) {
+        const int T = (int)o->attn_ctx[ti], qp = T - 1;
+        enum { REPS = 25 };
+        double td[REPS], tx[REPS], tsel[REPS];
+        ds4_attn a = {.n_q = 1, .q = q, .qpos = &qp, .n_kv = T, .k = k, .v = v, .kpos = pos, .n_heads = H,
+                      .n_kv_heads = K, .head_dim = Dh};
+        for (int rep = 0; rep < REPS; rep++) {
+            double t0 = ds4_time_s();
+            ds4_attention_forward(&a, out, NULL);
+            td[rep] = ds4_time_s() - t0;
+            t0 = ds4_time_s();
+            if (ds4_indexer_select(&c, iq, iw, 1, &qp, ki, pos, T, sel) != 0) return cli_fail(CMD);
+            const double t1 = ds4_time_s();
+            ds4_attn s = a;
+            s.sel = sel;
+            s.sel_k = c.index_topk;
+            ds4_attention_forward(&s, out, NULL);
+            tx[rep] = ds4_time_s() - t0;
+            tsel[rep] = t1 - t0;
+        }
+        const double md = fastest(td, REPS), mx = fastest(tx, REPS), ms = fastest(tsel, REPS);
+        const double topk = DS4_MIN(T, o->attn_topk);
+        printf("  %-7d %12.3f %12.3f %12.3f %8.1fx %12.1f %12.1f\n", T, 1e3 * md, 1e3 * mx, 1e3 * ms, md / mx,
+               2.0 * T * KD * 4 / 1e6, ((double)T * Di + 2 * topk * KD) * 4 / 1e6);
+        speed = md / mx;
+    }
+    *speedup_out = speed;
+    free(k); free(v); free(ki); free(q); free(iq); free(iw); free(out); free(pos); free(sel);
+
+    /* memory of dense tiled prefill attention, one fresh process per T */
+    const long Hm = o->attn_mem_heads, Dm = o->attn_mem_dim;
+    printf("\n  dense tiled causal prefill attention over T tokens, H %ld x Dh %ld, one fresh process per T:\n"
+           "  peak RSS above the process start (inputs q, k, v, out, lse are O(T); 'attn own' is what the\n"
+           "  call added on top) against the naive T x T x H fp32 score matrix:\n\n", Hm, Dm);
+    printf("  %-7s %10s %10s %12s %10s %14s %8s\n", "T", "inputs MB", "peak MB", "attn own MB", "peak x", "naive TxT MB",
+           "time s");
+    double prev = 0;
+    for (int ti = 0; ti < o->n_attn_ctx; ti++) {
+        char sT[32], sH[32], sD[32];
+        snprintf(sT, sizeof sT, "%ld", o->attn_ctx[ti]);
+        snprintf(sH, sizeof sH, "%ld", Hm);
+        snprintf(sD, sizeof sD, "%ld", Dm);
+        char *args[] = {"ds4", "bench", "prune", "--child-attn", sT, "--child-heads", sH, "--child-dim", sD, NULL};
+        char *outs = run_child(args);
+        if (!outs) return cli_fail(CMD);
+        cJSON *j = cJSON_Parse(outs);
+        free(outs);
+        if (!j) return 1;
+        const double T = (double)o->attn_ctx[ti];
+        const double inputs = jnum(j, "inputs") - jnum(j, "base"), extra = jnum(j, "peak") - jnum(j, "base");
+        char growth[32] = "-";
+        if (prev > 0) snprintf(growth, sizeof growth, "%.2f", extra / prev);
+        printf("  %-7.0f %10.1f %10.1f %12.2f %10s %14.0f %8.2f\n", T, inputs / 1e6, extra / 1e6,
+               (extra - inputs) / 1e6, growth, T * T * Hm * 4 / 1e6, jnum(j, "seconds"));
+        prev = extra;
+        cJSON_Delete(j);
+    }
+    printf("  (linear: doubling T doubles the peak; the naive score matrix quadruples)\n");
+    return 0;
+}
+
+/* ---- entry ------------------------------------------------------------------------------------------ */
+
+int bench_prune(int argc, char **argv) {
+    prune_opts o;
+    opts_defaults(&o);
+    const char *child_model = NULL, *child_ids = NULL;
+    long child_ctx = 0, child_decode = 0, child_attn = 0, child_heads = 2, child_dim = 32;
+    int parts = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (cli_is_help(a)) { help(); return 0; }
+        if (!strcmp(a, "--study")) { parts |= 1; continue; }
+        if (!strcmp(a, "--timing")) { parts |= 2; continue; }
+        if (!strcmp(a, "--attn")) { parts |= 4; continue; }
+        if (!(v = cli_value(argc, argv, &i))) return 2;
+        double f;
+        long n;
+        if (!strcmp(a, "--data")) o.data = v;
+        else if (!strcmp(a, "--val")) o.val = v;
+        else if (!strcmp(a, "--tokenizer")) o.tokenizer = v;
+        else if (!strcmp(a, "--work")) o.work = v;
+        else if (!strcmp(a, "--child-model")) child_model = v;
+        else if (!strcmp(a, "--child-ids")) child_ids = v;
+        else if (!strcmp(a, "--ctx") || !strcmp(a, "--attn-ctx")) {
+            int at = !strcmp(a, "--attn-ctx");
+            if (parse_list(v, at ? o.attn_ctx : o.ctx, at ? &o.n_attn_ctx : &o.n_ctx, 2, 1 << 22)) {
+                fprintf(stderr, "ds4 %s: %s expects a comma-separated list of up to %d lengths, got '%s'\n", CMD, a,
+                        MAX_CTX, v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--lr") || !strcmp(a, "--prune-loss-weight")) {
+            if (cli_float(CMD, a, v, &f)) return 2;
+            if (!strcmp(a, "--lr")) o.lr = f; else o.loss_weight = f;
+        } else {
+            static const struct { const char *name; size_t off; long lo, hi; } I[] = {
+                {"--vocab", offsetof(prune_opts, vocab), 260, 1 << 20}, {"--hidden", offsetof(prune_opts, hidden), 8, 1 << 16},
+                {"--layers", offsetof(prune_opts, layers), 1, DS4_MAX_LAYERS}, {"--heads", offsetof(prune_opts, heads), 1, 256},
+                {"--head-dim", offsetof(prune_opts, head_dim), 2, 1024}, {"--ffn", offsetof(prune_opts, ffn), 1, 1 << 20},
+                {"--steps", offsetof(prune_opts, steps), 1, 1 << 30}, {"--batch", offsetof(prune_opts, batch), 1, 4096},
+                {"--seq", offsetof(prune_opts, seq), 2, 1 << 20}, {"--seed", offsetof(prune_opts, seed), 0, 1L << 40},
+                {"--eval-tokens", offsetof(prune_opts, eval_tokens), 2, 1L << 40},
+                {"--indexer-warmup", offsetof(prune_opts, indexer_warmup), 0, 1 << 30},
+                {"--index-topk", offsetof(prune_opts, index_topk), 1, 1 << 20},
+                {"--index-heads", offsetof(prune_opts, index_heads), 1, 256},
+                {"--index-dim", offsetof(prune_opts, index_dim), 2, 1024}, {"--window", offsetof(prune_opts, window), 0, 1 << 20},
+                {"--decode", offsetof(prune_opts, decode), 1, 1 << 16},
+                {"--attn-heads", offsetof(prune_opts, attn_heads), 1, 256},
+                {"--attn-kv-heads", offsetof(prune_opts, attn_kv_heads), 1, 256},
+                {"--attn-head-dim", offsetof(prune_opts, attn_head_dim), 1, 1024},
+                {"--attn-topk", offsetof(prune_opts, attn_topk), 1, 1 << 22},
+                {"--attn-index-heads", offsetof(prune_opts, attn_idx_heads), 1, 256},
+                {"--attn-index-dim", offsetof(prune_opts, attn_idx_dim), 2, 1024},
+                {"--attn-mem-heads", offsetof(prune_opts, attn_mem_heads), 1, 256},
+                {"--attn-mem-dim", offsetof(prune_opts, attn_mem_dim), 1, 1024},
+            };
+            int found = 0;
+            for (size_t k = 0; k < sizeof I / sizeof I[0] && !found; k++)
+                if (!strcmp(a, I[k].name)) {
+                    if (cli_int(CMD, a, v, I[k].lo, I[k].hi, &n)) return 2;
+                    *(long *)((char *)&o + I[k].off) = n;
+                    found = 1;
+                }
+            if (found) continue;
+            if (!strcmp(a, "--child-ctx")) { if (cli_int(CMD, a, v, 1, 1 << 24, &child_ctx)) return 2; }
+            else if (!strcmp(a, "--child-decode")) { if (cli_int(CMD, a, v, 0, 1 << 20, &child_decode)) return 2; }
+            else if (!strcmp(a, "--child-attn")) { if (cli_int(CMD, a, v, 1, 1 << 24, &child_attn)) return 2; }
+            else if (!strcmp(a, "--child-heads")) { if (cli_int(CMD, a, v, 1, 256, &child_heads)) return 2; }
+            else if (!strcmp(a, "--child-dim")) { if (cli_int(CMD, a, v, 1, 1024, &child_dim)) return 2; }
+            else return cli_unknown(CMD, a);
+        }
+    }
+    if (child_model) return child_model_run(child_model, child_ids, child_ctx, child_decode);
+    if (child_attn) return child_attn_mem(child_attn, child_heads, child_dim);
+    if (parts) { o.do_study = parts & 1; o.do_timing = (parts >> 1) & 1; o.do_attn = (parts >> 2) & 1; }
+    if (o.index_topk >= o.seq)
+        fprintf(stderr, "ds4 %s: note: --index-topk %ld >= --seq %ld: training attention is dense\n", CMD, o.index_topk, o.seq);
+
+    run_result res[N_RUNS];
+    memset(res, 0, sizeof res);
+    int vocab = 0, rc, timing_pass = 0;
+    double speed = 0;
+    if (o.do_study && (rc = run_study(&o, &vocab, res)) != 0) return rc;
+    if (o.do_timing && (rc = run_timing(&o, &timing_pass)) != 0) return rc;
+    if (o.do_attn && (rc = run_attn(&o, &speed)) != 0) return rc;
+    printf("\nsummary (each a ratio measured in this run):\n");
+    if (o.do_study) {
+        const double dv = res[3].val_loss / res[0].val_loss - 1;
+        printf("  30%% schedule val loss vs unpruned      %+.2f%%   (target within 1%%)  %s\n", 100 * dv,
+               fabs(dv) <= 0.01 ? "met" : "NOT met");
+        const double dvf = res[4].val_loss / res[0].val_loss - 1;
+        printf("  30%% + indexer val loss vs unpruned     %+.2f%%\n", 100 * dvf);
+        printf("  causal decision agreement (held-out)   %.1f%% (30%%), %.1f%% (30%% + indexer)  (target >= 95%%)  %s\n",
+               100 * res[3].agree, 100 * res[4].agree, res[3].agree >= 0.95 && res[4].agree >= 0.95 ? "met" : "NOT met");
+        printf("{\"bench\":\"prune_study\",\"threads\":%d,\"tokens_per_run\":%ld,\"val_loss\":[%.5f,%.5f,%.5f,%.5f,%.5f],"
+               "\"val_ratio_30\":%.5f,\"val_ratio_full\":%.5f,\"agreement_30\":%.4f,\"agreement_full\":%.4f,"
+               "\"train_agreement_30\":%.4f}\n", omp_get_max_threads(), o.steps * o.batch * o.seq, res[0].val_loss,
+               res[1].val_loss, res[2].val_loss, res[3].val_loss, res[4].val_loss, 1 + dv, 1 + dvf, res[3].agree,
+               res[4].agree, res[3].train_agree);
+    }
+    if (o.do_timing)
+        printf("  full configuration wall time at %ld ctx  %s (see the timing table)\n", o.ctx[o.n_ctx - 1],
+               timing_pass ? "met (>= 40% less, prefill and decode)" : "NOT met for prefill and decode both");
+    if (o.do_attn) {
+        printf("  indexed vs dense tiled decode at %ld    %.1fx  (target >= 5x)  %s\n", o.attn_ctx[o.n_attn_ctx - 1],
+               speed, speed >= 5 ? "met" : "NOT met");
+        printf("{\"bench\":\"prune_attn\",\"threads\":%d,\"T\":%ld,\"speedup\":%.3f}\n", omp_get_max_threads(),
+               o.attn_ctx[o.n_attn_ctx - 1], speed);
+    }
+    (void)vocab;
+    return 0;
+}
