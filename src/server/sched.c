@@ -190,6 +190,20 @@ void *srv_engine_main(void *arg) {
                 s->active[i] = s->active[--n];
             } else i++;
         }
+        /* queued jobs whose client left go at once, even when no slot is free */
+        for (srv_job **pp = &s->q_head, *prev = NULL; *pp;) {
+            srv_job *j = *pp;
+            if (j->cancelled || s->stopping) {
+                j->cancelled = 1;
+                *pp = j->next;
+                if (s->q_tail == j) s->q_tail = prev;
+                s->q_len--;
+                job_done_locked(s, j, now);
+            } else {
+                prev = j;
+                pp = &j->next;
+            }
+        }
         while (n < slots && s->q_head) {
             srv_job *j = s->q_head;
             s->q_head = j->next;

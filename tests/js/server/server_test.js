@@ -508,6 +508,14 @@ test('queue full is 429; a disconnected stream frees its slot at once', async ()
     const s1 = await b.completions.create(body);
     const it1 = s1[Symbol.asyncIterator]();
     await it1.next();                                       // s1 is decoding
+    // a queued request whose client leaves is dropped from the queue at once
+    const q = net.connect(B.port, '127.0.0.1');
+    q.on('error', () => {});
+    const qreq = JSON.stringify({ prompt: 'x', max_tokens: 5, stream: true });
+    q.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: ${qreq.length}\r\n\r\n${qreq}`);
+    await waitHealth(B, (h) => h.queue === 1, 3000, 'raw request queued');
+    q.destroy();
+    await waitHealth(B, (h) => h.queue === 0 && h.slots_busy === 1, 1000, 'queued request dropped');
     const s2p = b.completions.create(body);                 // s2 waits in the queue
     await waitHealth(B, (h) => h.queue === 1 && h.slots_busy === 1, 3000, 's2 queued');
     await rejects(b.completions.create({ model: NAME, prompt: 'x', max_tokens: 2 }), 429,
