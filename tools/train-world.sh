@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Reproduces the shipped default world model (models/default): a text+video
+# backbone (SPEC §3) trained by ds4 from scratch on 2 cores:
+#   1. BPE tokenizer on the Brown corpus (4096 ids incl. the 6 specials)
+#   2. physics clips: ds4 world gen (train 400 x 4 s, val 16 x 4 s at 64x64, 24 fps)
+#   3. video tokenizer: ds4 vtok train (FSQ 8,5,5,5 = 1000 codes, 4 frames x 8x8 px per code)
+#   4. backbone: ds4 video train (configs/world.json), rows of caption + 8 latent
+#      frames (1.33 s) mixed with Brown text rows (20%), then F16 export.
+# Each stage is skipped when its output exists (delete WORK to start over).
+# usage: tools/train-world.sh [path/to/ds4] [out dir] [work dir]
+set -euo pipefail
+DS4=${1:-build/ds4}
+OUT=${2:-models/default}
+WORK=${3:-/tmp/ds4-world-work}
+TEXT=${DS4_TEXT:-../shared/data/brown}
+VTOK_STEPS=${VTOK_STEPS:-600}
+STEPS=${STEPS:-400}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$WORK"
+t0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
+
+stamp "tokenizer"
+[ -f "$WORK/tokenizer.json" ] || "$DS4" tokenizer train --in "$TEXT/train.txt" --vocab 4096 --out "$WORK/tokenizer.json"
+[ -f "$WORK/text.bin" ] || "$DS4" tokenize --tokenizer "$WORK/tokenizer.json" --in "$TEXT/train.txt" --out "$WORK/text.bin"
+[ -f "$WORK/text-val.bin" ] || "$DS4" tokenize --tokenizer "$WORK/tokenizer.json" --in "$TEXT/val.txt" --out "$WORK/text-val.bin"
+
+stamp "dataset"
+[ -f "$WORK/data/train.jsonl" ] || "$DS4" world gen --split train --n 400 --seconds 4 --out "$WORK/data"
+[ -f "$WORK/data/val.jsonl" ] || "$DS4" world gen --split val --n 16 --seconds 4 --out "$WORK/data"
+
+stamp "video tokenizer ($VTOK_STEPS steps)"
+[ -f "$WORK/vtok/video.safetensors" ] || "$DS4" vtok train --data "$WORK/data" --out "$WORK/vtok" \
+  --steps "$VTOK_STEPS" --eval-every 200 --eval-clips 8 --quiet
+
+stamp "backbone ($STEPS steps)"
+"$DS4" video train --config configs/world.json --tokenizer "$WORK/tokenizer.json" --vtok "$WORK/vtok" \
+  --data "$WORK/data" --text "$WORK/text.bin" --text-val "$WORK/text-val.bin" --out "$WORK/model" \
+  --steps "$STEPS" --batch 4 --seq 600 --window 8 --text-frac 0.2 --lr 3e-3 --warmup 20 \
+  --eval-every 50 --save-every 50 --seed 1337 --quiet $( [ -f "$WORK/model/trainer_state.json" ] && echo --resume )
+
+stamp "export (F16) to $OUT"
+"$DS4" video export --model "$WORK/model" --out "$OUT"
+cp "$WORK/model/train_log.jsonl" "$OUT/train_log.jsonl"
+cp "$WORK/vtok/train_log.jsonl" "$OUT/vtok_train_log.jsonl"
+du -ch "$OUT"/* | tail -1
+stamp "done"
