@@ -44,13 +44,14 @@ static void train_usage(FILE *f) {
         "  --levels 8,5,5,5  FSQ levels (codes = product)\n"
         "  --patch P --tubelet T   pixels per token side (%d), frames per token (%d)\n"
         "  --hidden H        latent-grid channels (%d)\n"
+        "  --ffn F           block MLP width (%d)\n"
         "  --head D          decoder head width (%d)\n"
-        "  --enc-layers N --dec-layers N   neighbourhood layers (%d, %d)\n"
+        "  --enc-layers N --dec-layers N   encoder / decoder blocks (%d, %d)\n"
         "  --non-causal      neighbourhoods see latent frame t+1 too\n"
         "  --quiet           no progress line\n",
         d.steps, d.batch, d.window, d.lr, d.min_lr_frac, d.warmup, d.weight_decay, d.grad_clip,
         (unsigned long long)d.seed, d.eval_every, d.eval_clips, d.cfg.patch, d.cfg.tubelet,
-        d.cfg.hidden, d.cfg.head, d.cfg.enc_layers, d.cfg.dec_layers);
+        d.cfg.hidden, d.cfg.ffn, d.cfg.head, d.cfg.enc_layers, d.cfg.dec_layers);
 }
 
 typedef struct { double t0; int quiet; long last_print; } train_ui;
@@ -80,7 +81,7 @@ static int parse_levels(const char *s, ds4_vtok_config *c) {
     while (*p) {
         char *end;
         long v = strtol(p, &end, 10);
-        if (end == p || v < 2 || v > 65536 || n == DS4_VTOK_MAX_LEVELS) return -1;
+        if (end == p || v < 3 || v > 65536 || n == DS4_VTOK_MAX_LEVELS) return -1;
         c->levels[n++] = (int)v;
         p = end;
         if (*p == ',') p++;
@@ -120,7 +121,7 @@ static int vtok_train(int argc, char **argv) {
         else if (!strcmp(a, "--levels")) {
             VAL();
             if (parse_levels(v, &o.cfg)) {
-                fprintf(stderr, "ds4 %s: --levels expects integers >= 2 separated by commas (at most %d), got '%s'\n",
+                fprintf(stderr, "ds4 %s: --levels expects integers >= 3 separated by commas (at most %d), got '%s'\n",
                         cmd, DS4_VTOK_MAX_LEVELS, v);
                 return 2;
             }
@@ -128,6 +129,7 @@ static int vtok_train(int argc, char **argv) {
         else if (!strcmp(a, "--patch")) INT(1, 64, o.cfg.patch);
         else if (!strcmp(a, "--tubelet")) INT(1, 64, o.cfg.tubelet);
         else if (!strcmp(a, "--hidden")) INT(1, 8192, o.cfg.hidden);
+        else if (!strcmp(a, "--ffn")) INT(1, 65536, o.cfg.ffn);
         else if (!strcmp(a, "--head")) INT(1, 65536, o.cfg.head);
         else if (!strcmp(a, "--enc-layers")) INT(0, DS4_VTOK_MAX_LAYERS, o.cfg.enc_layers);
         else if (!strcmp(a, "--dec-layers")) INT(0, DS4_VTOK_MAX_LAYERS, o.cfg.dec_layers);
@@ -285,18 +287,53 @@ done:
 
 /* ---- eval --------------------------------------------------------------------- */
 
+/* Round trip clip by clip, printing each clip's figures, pooled into st. */
+static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, int max_clips,
+                         ds4_vtok_eval_stats *st) {
+    char **paths = NULL;
+    int n = 0, done = 0, rc = 0;
+    if (ds4_world_dataset_shards(dir, split, &paths, &n) != 0) return -1;
+    for (int i = 0; i < n && rc == 0 && (max_clips <= 0 || done < max_clips); i++) {
+        ds4_world_shard *sh = ds4_world_shard_open(paths[i], 0);
+        if (!sh) { rc = -1; break; }
+        for (int k = 0; k < sh->n_clips && (max_clips <= 0 || done < max_clips); k++, done++) {
+            ds4_vtok_eval_stats one = {0};
+            const uint8_t *clip = ds4_world_shard_clip(sh, k);
+            if (!clip || ds4_vtok_eval_clip(m, clip, sh->n_frames, sh->height, sh->width, &one, NULL) != 0) {
+                rc = -1;
+                break;
+            }
+            printf("  clip %4d seed %-8llu psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
+                   done, (unsigned long long)sh->seeds[k], ds4_vtok_eval_psnr(&one),
+                   ds4_vtok_eval_centroid(&one), one.cent_max, one.n_matched, one.n_missed);
+            st->sq_err += one.sq_err; st->n_values += one.n_values; st->psnr_sum += one.psnr_sum;
+            st->n_clips += one.n_clips; st->cent_sum += one.cent_sum;
+            st->cent_max = one.cent_max > st->cent_max ? one.cent_max : st->cent_max;
+            st->n_matched += one.n_matched; st->n_missed += one.n_missed; st->n_spurious += one.n_spurious;
+            st->enc_s += one.enc_s; st->dec_s += one.dec_s; st->n_frames += one.n_frames;
+        }
+        ds4_world_shard_close(sh);
+    }
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+    return rc;
+}
+
 static int vtok_eval(int argc, char **argv) {
     const char *cmd = "vtok eval", *model = NULL, *data = NULL, *split = "val", *json = NULL;
     long clips = 0;
+    int per_clip = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        if (!strcmp(a, "--per-clip")) { per_clip = 1; continue; }
         if (cli_is_help(a)) {
-            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE]\n\n"
+            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE] [--per-clip]\n\n"
                    "Round-trips every clip (or the first N) of DIR/<split>-*.ds4w through the tokenizer and\n"
                    "reports PSNR (from the pooled MSE over all RGB8 values, and the mean of per-clip PSNR)\n"
                    "and the ball-centroid error: in each frame, the largest blob of each ball colour found\n"
                    "by ds4_world_extract (tolerance %d, min area %d px) in the original vs the\n"
-                   "reconstruction. Prints a table and a JSON line (also written to --json FILE).\n",
+                   "reconstruction. Prints a table and a JSON line (also written to --json FILE);\n"
+                   "--per-clip also prints one line per clip.\n",
                    DS4_VTOK_EVAL_TOL, DS4_VTOK_EVAL_MIN_AREA);
             return 0;
         }
@@ -315,7 +352,12 @@ static int vtok_eval(int argc, char **argv) {
     ds4_vtok *m = ds4_vtok_load(model);
     if (!m) return cli_fail(cmd);
     ds4_vtok_eval_stats st = {0};
-    if (ds4_vtok_eval_dir(m, data, split, (int)clips, &st) != 0) {
+    if (!per_clip) {
+        if (ds4_vtok_eval_dir(m, data, split, (int)clips, &st) != 0) {
+            ds4_vtok_free(m);
+            return cli_fail(cmd);
+        }
+    } else if (eval_per_clip(m, data, split, (int)clips, &st) != 0) {
         ds4_vtok_free(m);
         return cli_fail(cmd);
     }

@@ -24,10 +24,12 @@ void ds4_vtok_config_defaults(ds4_vtok_config *c) {
     c->levels[2] = 5;
     c->levels[3] = 5;
     c->hidden = 128;
-    c->head = 512;
-    c->enc_layers = 1;
-    c->dec_layers = 2;
+    c->ffn = 256;
+    c->head = 256;
+    c->enc_layers = 2;
+    c->dec_layers = 3;
     c->causal = 1;
+    c->palette = 1;
 }
 
 int ds4_vtok_config_validate(const ds4_vtok_config *c) {
@@ -43,12 +45,14 @@ int ds4_vtok_config_validate(const ds4_vtok_config *c) {
              c->patch);
     if (c->fps < 1 || c->fps > 1000) FAIL("video config: fps must be in [1, 1000], got %d", c->fps);
     if (c->hidden < 1 || c->hidden > 8192) FAIL("video config: hidden must be in [1, 8192], got %d", c->hidden);
+    if (c->ffn < 1 || c->ffn > 65536) FAIL("video config: ffn must be in [1, 65536], got %d", c->ffn);
     if (c->head < 1 || c->head > 65536) FAIL("video config: head must be in [1, 65536], got %d", c->head);
     if (c->enc_layers < 0 || c->enc_layers > DS4_VTOK_MAX_LAYERS)
         FAIL("video config: enc_layers must be in [0, %d], got %d", DS4_VTOK_MAX_LAYERS, c->enc_layers);
     if (c->dec_layers < 0 || c->dec_layers > DS4_VTOK_MAX_LAYERS)
         FAIL("video config: dec_layers must be in [0, %d], got %d", DS4_VTOK_MAX_LAYERS, c->dec_layers);
     if (c->causal != 0 && c->causal != 1) FAIL("video config: causal must be 0 or 1, got %d", c->causal);
+    if (c->palette != 0 && c->palette != 1) FAIL("video config: palette must be 0 or 1, got %d", c->palette);
     ds4_fsq f;
     if (ds4_fsq_init(&f, c->levels, c->n_levels) != 0) {
         ds4_error_prefix("video config");
@@ -74,10 +78,12 @@ char *ds4_vtok_config_to_json(const ds4_vtok_config *c) {
     for (int i = 0; lv && i < c->n_levels; i++) cJSON_AddItemToArray(lv, cJSON_CreateNumber(c->levels[i]));
     cJSON_AddNumberToObject(o, "n_codes", f.n_codes);
     cJSON_AddNumberToObject(o, "hidden", c->hidden);
+    cJSON_AddNumberToObject(o, "ffn", c->ffn);
     cJSON_AddNumberToObject(o, "head", c->head);
     cJSON_AddNumberToObject(o, "enc_layers", c->enc_layers);
     cJSON_AddNumberToObject(o, "dec_layers", c->dec_layers);
     cJSON_AddBoolToObject(o, "causal", c->causal);
+    cJSON_AddStringToObject(o, "output", c->palette ? "palette" : "rgb");
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     if (!s) ds4_set_error("video config: out of memory");
@@ -131,14 +137,20 @@ int ds4_vtok_config_parse(ds4_vtok_config *c, const char *json, const char *orig
             int i = 0;
             for (const cJSON *e = k->child; e; e = e->next, i++) {
                 if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
-                    e->valuedouble < 2 || e->valuedouble > 65536) {
-                    ds4_set_error("%s: key 'levels': entry %d must be an integer in [2, 65536]",
+                    e->valuedouble < 3 || e->valuedouble > 65536) {
+                    ds4_set_error("%s: key 'levels': entry %d must be an integer in [3, 65536]",
                                   origin, i);
                     goto done;
                 }
                 c->levels[i] = (int)e->valuedouble;
             }
             c->n_levels = n;
+        } else if (!strcmp(key, "output")) {
+            if (!cJSON_IsString(k) || (strcmp(k->valuestring, "palette") && strcmp(k->valuestring, "rgb"))) {
+                ds4_set_error("%s: key 'output' must be \"palette\" or \"rgb\"", origin);
+                goto done;
+            }
+            c->palette = !strcmp(k->valuestring, "palette");
         } else if (!strcmp(key, "causal")) {
             if (!cJSON_IsBool(k)) {
                 ds4_set_error("%s: key 'causal' must be true or false", origin);
@@ -153,6 +165,7 @@ int ds4_vtok_config_parse(ds4_vtok_config *c, const char *json, const char *orig
                 {"patch", offsetof(ds4_vtok_config, patch), 1, 64},
                 {"tubelet", offsetof(ds4_vtok_config, tubelet), 1, 64},
                 {"hidden", offsetof(ds4_vtok_config, hidden), 1, 8192},
+                {"ffn", offsetof(ds4_vtok_config, ffn), 1, 65536},
                 {"head", offsetof(ds4_vtok_config, head), 1, 65536},
                 {"enc_layers", offsetof(ds4_vtok_config, enc_layers), 0, DS4_VTOK_MAX_LAYERS},
                 {"dec_layers", offsetof(ds4_vtok_config, dec_layers), 0, DS4_VTOK_MAX_LAYERS},

@@ -13,8 +13,11 @@ int ds4_fsq_init(ds4_fsq *f, const int *levels, int n) {
     int64_t codes = 1;
     for (int c = 0; c < n; c++) {
         int L = levels[c];
-        if (L < 2 || L > 65536) {
-            ds4_set_error("fsq: levels[%d] is %d, must be in [2, 65536]", c, L);
+        /* L = 2 is out: half = 0.4995 < offset 0.5, so shift = atanh(offset / half)
+         * is undefined with SPEC's (1 - 1e-3) */
+        if (L < 3 || L > 65536) {
+            ds4_set_error("fsq: levels[%d] is %d, must be in [3, 65536] (L = 2 leaves "
+                          "atanh(offset / half) undefined)", c, L);
             return -1;
         }
         f->levels[c] = L;

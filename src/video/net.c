@@ -1,7 +1,7 @@
 /* net.c — the video tokenizer network: parameter layout over one flat buffer,
  * initialisation, forward and backward of encoder -> FSQ -> decoder on latent
- * grids, and chunked encode/decode of whole clips. The architecture is
- * described in video.h (ds4_vtok_config). */
+ * grids (depthwise-separable residual blocks), and chunked encode/decode of
+ * whole clips. The architecture is described in video.h (ds4_vtok_config). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,52 +12,80 @@
 #include "video/video.h"
 #include "world/world.h"
 
+#define VTOK_NORM_EPS 1e-5f
+
 /* ---- parameter layout ------------------------------------------------------ */
 
 typedef struct { float *w, *b; } vlin;            /* w [out, in], b [out] */
 typedef struct {
-    vlin patch;                                    /* [H, P] */
-    vlin emix[DS4_VTOK_MAX_LAYERS];                /* [H, K*H] */
-    vlin proj;                                     /* [C, H] */
-    vlin embed;                                    /* [H, K*C] */
-    vlin dmix[DS4_VTOK_MAX_LAYERS];                /* [H, K*H] */
-    vlin head;                                     /* [D, H] */
-    vlin out;                                      /* [P, D] */
+    vlin   dw;                                     /* w [H, K] depthwise taps, b [H] */
+    float *norm;                                   /* [H] */
+    vlin   fc1;                                    /* [F, H] */
+    vlin   fc2;                                    /* [H, F] */
+} vblock;
+typedef struct {
+    vlin   patch;                                  /* [H, P] */
+    vblock eb[DS4_VTOK_MAX_LAYERS];
+    float *enorm;                                  /* [H] */
+    vlin   proj;                                   /* [C, H] */
+    vlin   embed;                                  /* [H, K*C] */
+    vblock db[DS4_VTOK_MAX_LAYERS];
+    float *dnorm;                                  /* [H] */
+    vlin   head;                                   /* [D, H] */
+    vlin   out;                                    /* [n_out, D] */
 } vtok_w;
 
-static void add_lin(ds4_vtok *m, size_t *off, const char *name, int out, int in) {
+static void add_tensor(ds4_vtok *m, size_t *off, const char *name, int d0, int d1) {
     ds4_vtok_tensor *t = &m->tensors[m->n_tensors++];
-    snprintf(t->name, sizeof t->name, "video.%s.weight", name);
-    t->ndim = 2;
-    t->shape[0] = out;
-    t->shape[1] = in;
-    t->numel = (size_t)out * in;
+    snprintf(t->name, sizeof t->name, "video.%s", name);
+    t->ndim = d1 > 0 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1 > 0 ? d1 : 0;
+    t->numel = (size_t)d0 * (d1 > 0 ? d1 : 1);
     t->off = *off;
-    t->decay = 1;
-    *off += t->numel;
-    t = &m->tensors[m->n_tensors++];
-    snprintf(t->name, sizeof t->name, "video.%s.bias", name);
-    t->ndim = 1;
-    t->shape[0] = out;
-    t->shape[1] = 0;
-    t->numel = (size_t)out;
-    t->off = *off;
-    t->decay = 0;
+    t->decay = t->ndim == 2;
     *off += t->numel;
 }
 
-/* Pointers of every linear layer into base (params or grads), in tensor order. */
+static void add_lin(ds4_vtok *m, size_t *off, const char *name, int out, int in) {
+    char n[56];
+    snprintf(n, sizeof n, "%s.weight", name);
+    add_tensor(m, off, n, out, in);
+    snprintf(n, sizeof n, "%s.bias", name);
+    add_tensor(m, off, n, out, 0);
+}
+
+static void add_block(ds4_vtok *m, size_t *off, const char *prefix, int l) {
+    const int H = m->cfg.hidden, F = m->cfg.ffn;
+    char n[56];
+    snprintf(n, sizeof n, "%s.blocks.%d.dw", prefix, l);
+    add_lin(m, off, n, H, m->K);
+    snprintf(n, sizeof n, "%s.blocks.%d.norm.weight", prefix, l);
+    add_tensor(m, off, n, H, 0);
+    snprintf(n, sizeof n, "%s.blocks.%d.fc1", prefix, l);
+    add_lin(m, off, n, F, H);
+    snprintf(n, sizeof n, "%s.blocks.%d.fc2", prefix, l);
+    add_lin(m, off, n, H, F);
+}
+
+/* Pointers of every tensor into base (params or grads), in tensor order. */
 static void bind(const ds4_vtok *m, float *base, vtok_w *w) {
     int i = 0;
-#define NEXT(l) do { (l).w = base + m->tensors[i].off; (l).b = base + m->tensors[i + 1].off; i += 2; } while (0)
-    NEXT(w->patch);
-    for (int l = 0; l < m->cfg.enc_layers; l++) NEXT(w->emix[l]);
-    NEXT(w->proj);
-    NEXT(w->embed);
-    for (int l = 0; l < m->cfg.dec_layers; l++) NEXT(w->dmix[l]);
-    NEXT(w->head);
-    NEXT(w->out);
-#undef NEXT
+#define LIN(l) do { (l).w = base + m->tensors[i].off; (l).b = base + m->tensors[i + 1].off; i += 2; } while (0)
+#define VEC(p) do { (p) = base + m->tensors[i].off; i++; } while (0)
+#define BLOCK(bk) do { LIN((bk).dw); VEC((bk).norm); LIN((bk).fc1); LIN((bk).fc2); } while (0)
+    LIN(w->patch);
+    for (int l = 0; l < m->cfg.enc_layers; l++) BLOCK(w->eb[l]);
+    VEC(w->enorm);
+    LIN(w->proj);
+    LIN(w->embed);
+    for (int l = 0; l < m->cfg.dec_layers; l++) BLOCK(w->db[l]);
+    VEC(w->dnorm);
+    LIN(w->head);
+    LIN(w->out);
+#undef LIN
+#undef VEC
+#undef BLOCK
 }
 
 static ds4_vtok *vtok_alloc(const ds4_vtok_config *c) {
@@ -67,23 +95,19 @@ static ds4_vtok *vtok_alloc(const ds4_vtok_config *c) {
     m->cfg = *c;
     ds4_fsq_init(&m->fsq, c->levels, c->n_levels);
     m->P = c->tubelet * c->patch * c->patch * 3;
+    m->n_out = c->palette ? m->P / 3 * DS4_WC_COUNT : m->P;
     m->K = c->causal ? 18 : 27;
     const int H = c->hidden, C = c->n_levels, K = m->K;
     size_t off = 0;
-    char name[48];
     add_lin(m, &off, "encoder.patch", H, m->P);
-    for (int l = 0; l < c->enc_layers; l++) {
-        snprintf(name, sizeof name, "encoder.mix.%d", l);
-        add_lin(m, &off, name, H, K * H);
-    }
+    for (int l = 0; l < c->enc_layers; l++) add_block(m, &off, "encoder", l);
+    add_tensor(m, &off, "encoder.norm.weight", H, 0);
     add_lin(m, &off, "encoder.proj", C, H);
     add_lin(m, &off, "decoder.embed", H, K * C);
-    for (int l = 0; l < c->dec_layers; l++) {
-        snprintf(name, sizeof name, "decoder.mix.%d", l);
-        add_lin(m, &off, name, H, K * H);
-    }
+    for (int l = 0; l < c->dec_layers; l++) add_block(m, &off, "decoder", l);
+    add_tensor(m, &off, "decoder.norm.weight", H, 0);
     add_lin(m, &off, "decoder.head", c->head, H);
-    add_lin(m, &off, "decoder.out", m->P, c->head);
+    add_lin(m, &off, "decoder.out", m->n_out, c->head);
     m->n_params = off;
     m->params = ds4_alloc_aligned(off * sizeof(float));
     if (!m->params) { free(m); return NULL; }
@@ -98,18 +122,27 @@ ds4_vtok *ds4_vtok_new(const ds4_vtok_config *c, uint64_t seed) {
     for (int i = 0; i < m->n_tensors; i++) {
         const ds4_vtok_tensor *t = &m->tensors[i];
         float *p = m->params + t->off;
-        if (t->ndim == 1) { memset(p, 0, t->numel * sizeof(float)); continue; }
-        /* LeCun normal; residual mixing layers and the pixel output start smaller */
+        if (t->ndim == 1) {
+            /* norm scales 1, biases 0 */
+            float v = strstr(t->name, "norm.weight") ? 1.0f : 0.0f;
+            for (size_t k = 0; k < t->numel; k++) p[k] = v;
+            continue;
+        }
+        /* LeCun normal; residual branch outputs and the pixel output start smaller */
         float std = 1.0f / sqrtf((float)t->shape[1]);
-        if (strstr(t->name, ".mix.") || strstr(t->name, "decoder.out.")) std *= 0.5f;
+        if (strstr(t->name, ".fc2.")) std *= 0.25f;
+        if (strstr(t->name, "decoder.out.")) std *= 0.5f;
         for (size_t k = 0; k < t->numel; k++) p[k] = std * ds4_rng_normal(&rng);
     }
-    /* the pixel output starts at the background colour */
+    /* the output starts at the background colour (palette: p(background) = 0.77) */
     const ds4_vtok_tensor *ob = ds4_vtok_find(m, "video.decoder.out.bias");
     for (size_t k = 0; k < ob->numel; k++)
-        m->params[ob->off + k] = ds4_world_palette[DS4_WC_BACKGROUND][k % 3] / 127.5f - 1.0f;
+        m->params[ob->off + k] = c->palette ? (k % DS4_WC_COUNT == DS4_WC_BACKGROUND ? 3.0f : 0.0f)
+                                            : ds4_world_palette[DS4_WC_BACKGROUND][k % 3] / 127.5f - 1.0f;
     return m;
 }
+
+ds4_vtok *ds4_vtok_alloc(const ds4_vtok_config *c) { return vtok_alloc(c); }
 
 void ds4_vtok_free(ds4_vtok *m) {
     if (!m) return;
@@ -266,65 +299,205 @@ static void silu_backward(float *da, const float *dh, const float *a, size_t n) 
     }
 }
 
+
+/* ---- depthwise convolution over the taps of gather() ----------------------- *
+ * u[n, c] = b[c] + sum_k w[c, k] h[n + offset(k), c]; wt [K, H] is w transposed. */
+static void dwconv(const grid *g, const float *h, const float *wt, const float *b, float *u,
+                   int H, int K) {
+    const int rows = g->S * g->Tl * g->Gh;
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < rows; row++) {
+        int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
+        for (int x = 0; x < g->Gw; x++) {
+            float *ur = u + ((size_t)row * g->Gw + x) * H;
+            memcpy(ur, b, (size_t)H * sizeof(float));
+            for (int k = 0; k < K; k++) {
+                int dt, dy, dx;
+                grid_tap(k, &dt, &dy, &dx);
+                int t2 = t + dt, y2 = y + dy, x2 = x + dx;
+                if (t2 < 0 || t2 >= g->Tl || y2 < 0 || y2 >= g->Gh || x2 < 0 || x2 >= g->Gw) continue;
+                const float *hr = h + ((((size_t)s * g->Tl + t2) * g->Gh + y2) * g->Gw + x2) * H;
+                const float *wk = wt + (size_t)k * H;
+                for (int c = 0; c < H; c++) ur[c] += wk[c] * hr[c];
+            }
+        }
+    }
+}
+
+/* dh += adjoint(du) (accumulate), gwt [K, H] = sum_n du[n] * h[n + offset(k)]
+ * (WRITTEN), db += colsum(du). */
+static void dwconv_backward(const grid *g, const float *du, const float *h, const float *wt,
+                            float *dh, float *gwt, float *db, int H, int K) {
+    const int rows = g->S * g->Tl * g->Gh;
+    const size_t N = (size_t)rows * g->Gw;
+#pragma omp parallel for schedule(static)
+    for (int row = 0; row < rows; row++) {
+        int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
+        for (int x = 0; x < g->Gw; x++) {
+            float *d = dh + ((size_t)row * g->Gw + x) * H;
+            for (int k = 0; k < K; k++) {
+                int dt, dy, dx;
+                grid_tap(k, &dt, &dy, &dx);
+                int t2 = t - dt, y2 = y - dy, x2 = x - dx;
+                if (t2 < 0 || t2 >= g->Tl || y2 < 0 || y2 >= g->Gh || x2 < 0 || x2 >= g->Gw) continue;
+                const float *dr = du + ((((size_t)s * g->Tl + t2) * g->Gh + y2) * g->Gw + x2) * H;
+                const float *wk = wt + (size_t)k * H;
+                for (int c = 0; c < H; c++) d[c] += wk[c] * dr[c];
+            }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; k++) {
+        int dt, dy, dx;
+        grid_tap(k, &dt, &dy, &dx);
+        float *acc = gwt + (size_t)k * H;
+        memset(acc, 0, (size_t)H * sizeof(float));
+        for (int row = 0; row < rows; row++) {
+            int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
+            int t2 = t + dt, y2 = y + dy;
+            if (t2 < 0 || t2 >= g->Tl || y2 < 0 || y2 >= g->Gh) continue;
+            for (int x = 0; x < g->Gw; x++) {
+                int x2 = x + dx;
+                if (x2 < 0 || x2 >= g->Gw) continue;
+                const float *dr = du + ((size_t)row * g->Gw + x) * H;
+                const float *hr = h + ((((size_t)s * g->Tl + t2) * g->Gh + y2) * g->Gw + x2) * H;
+                for (int c = 0; c < H; c++) acc[c] += dr[c] * hr[c];
+            }
+        }
+    }
+    for (size_t n = 0; n < N; n++)
+        for (int c = 0; c < H; c++) db[c] += du[n * H + c];
+}
+
+static void transpose(float *dst, const float *src, int rows, int cols) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+/* ---- the same operators as a public API (tests) ----------------------------- */
+
+void ds4_vtok_gather(const float *src, float *dst, int S, int Tl, int Gh, int Gw, int Ch, int K) {
+    grid g = {S, Tl, Gh, Gw};
+    gather(&g, src, dst, Ch, K);
+}
+
+void ds4_vtok_gather_backward(const float *ddst, float *dsrc, int S, int Tl, int Gh, int Gw,
+                              int Ch, int K) {
+    grid g = {S, Tl, Gh, Gw};
+    scatter_add(&g, ddst, dsrc, Ch, K);
+}
+
+int ds4_vtok_dwconv(const float *h, const float *w, const float *b, float *u, int S, int Tl,
+                    int Gh, int Gw, int Ch, int K) {
+    grid g = {S, Tl, Gh, Gw};
+    float *wt = ds4_malloc((size_t)K * Ch * sizeof(float));
+    if (!wt) return -1;
+    transpose(wt, w, Ch, K);
+    dwconv(&g, h, wt, b, u, Ch, K);
+    free(wt);
+    return 0;
+}
+
+int ds4_vtok_dwconv_backward(const float *du, const float *h, const float *w, float *dh,
+                             float *dw, float *db, int S, int Tl, int Gh, int Gw, int Ch, int K) {
+    grid g = {S, Tl, Gh, Gw};
+    float *wt = ds4_malloc(2 * (size_t)K * Ch * sizeof(float));
+    if (!wt) return -1;
+    float *gwt = wt + (size_t)K * Ch;
+    transpose(wt, w, Ch, K);
+    dwconv_backward(&g, du, h, wt, dh, gwt, db, Ch, K);
+    for (int c = 0; c < Ch; c++)
+        for (int k = 0; k < K; k++) dw[(size_t)c * K + k] += gwt[(size_t)k * Ch + c];
+    free(wt);
+    return 0;
+}
+
 /* ---- workspace --------------------------------------------------------------- */
+
+typedef struct {
+    float *hin;     /* [N, H] stream entering the block */
+    float *u;       /* [N, H] dwconv output */
+    float *rstd;    /* [N] */
+    float *v;       /* [N, H] normalised */
+    float *a, *s;   /* [N, F] fc1 pre-activation, silu */
+} bcache;
 
 struct ds4_vtok_ws {
     size_t max_tok;
-    float *ea0;                          /* [N, H] encoder patch pre-activation */
-    float *eh;                           /* [N, H] encoder stream (after all layers at the end) */
-    float *ec[DS4_VTOK_MAX_LAYERS];      /* [N, K*H] gathered inputs per layer */
-    float *ea[DS4_VTOK_MAX_LAYERS];      /* [N, H] pre-activations per layer */
+    int    train;                        /* per-block caches (and backward scratch) */
+    bcache eb[DS4_VTOK_MAX_LAYERS], db[DS4_VTOK_MAX_LAYERS];  /* inference: all alias [0] */
+    float *eh;                           /* [N, H] encoder stream */
+    float *en, *ers;                     /* [N, H] normalised stream, [N] rstd */
     float *z, *q;                        /* [N, C] */
     float *dcq;                          /* [N, K*C] gathered codes */
-    float *da0;                          /* [N, H] decoder embed pre-activation */
     float *dh;                           /* [N, H] decoder stream */
-    float *dc[DS4_VTOK_MAX_LAYERS];      /* [N, K*H] */
-    float *dA[DS4_VTOK_MAX_LAYERS];      /* [N, H] */
+    float *dn, *drs;                     /* [N, H], [N] */
     float *ha, *hh;                      /* [N, D] head pre-activation / activation */
-    float *y;                            /* [N, P] reconstruction */
-    float *gbig;                         /* [N, max(P, D, K*H)] backward scratch */
-    float *g1, *g2;                      /* [N, max(H, D)] */
+    float *y;                            /* [N, n_out] decoder outputs (logits or RGB) */
+    float *yr;                           /* [N, P] reconstruction in input units */
+    float *gbig;                         /* [N, max(D, F, K*C)] backward scratch */
+    float *g1, *g2, *g3;                 /* [N, H] */
     float *gz, *gq;                      /* [N, C] */
+    float *wt, *gwt;                     /* [K, H] transposed depthwise taps, their gradient */
     float *mem;
 };
 
-ds4_vtok_ws *ds4_vtok_ws_new(const ds4_vtok *m, size_t max_tok) {
+static ds4_vtok_ws *ws_new(const ds4_vtok *m, size_t max_tok, int train) {
     const ds4_vtok_config *c = &m->cfg;
-    const size_t H = c->hidden, D = c->head, P = m->P, C = c->n_levels, K = m->K, N = max_tok;
-    size_t big = DS4_MAX(P, DS4_MAX(D, K * H)), hd = DS4_MAX(H, D);
-    size_t per = H + H + (size_t)c->enc_layers * (K * H + H) + 2 * C + K * C + H + H +
-                 (size_t)c->dec_layers * (K * H + H) + 2 * D + P + big + 2 * hd + 2 * C;
+    const size_t H = c->hidden, F = c->ffn, D = c->head, P = m->P, C = c->n_levels, K = m->K,
+                 N = max_tok;
+    const size_t blk = 3 * H + 1 + 2 * F;
+    const size_t n_blk = train ? (size_t)c->enc_layers + c->dec_layers : 1;
+    const size_t big = DS4_MAX(D, DS4_MAX(F, K * C));
+    size_t per = n_blk * blk + H + H + 1 + 2 * C + K * C + H + H + 1 + 2 * D + m->n_out + P;
+    if (train) per += big + 3 * H + 2 * C;
     ds4_vtok_ws *w = ds4_calloc(1, sizeof *w);
     if (!w) return NULL;
     size_t bytes;
-    if (__builtin_mul_overflow(per * N, sizeof(float), &bytes) || !(w->mem = ds4_alloc_aligned(bytes))) {
+    if (__builtin_mul_overflow(per * N + 2 * K * H, sizeof(float), &bytes) ||
+        !(w->mem = ds4_alloc_aligned(bytes))) {
         if (!w->mem) ds4_error_prefix("video workspace for %zu tokens", N);
         free(w);
         return NULL;
     }
     w->max_tok = N;
+    w->train = train;
     float *p = w->mem;
 #define TAKE(ptr, cols) do { (ptr) = p; p += (cols) * N; } while (0)
-    TAKE(w->ea0, H);
+    for (size_t b = 0; b < n_blk; b++) {
+        bcache *bc = b < (size_t)c->enc_layers || !train ? &w->eb[b] : &w->db[b - c->enc_layers];
+        TAKE(bc->hin, H); TAKE(bc->u, H); TAKE(bc->rstd, 1); TAKE(bc->v, H); TAKE(bc->a, F); TAKE(bc->s, F);
+    }
+    if (!train)
+        for (int l = 0; l < DS4_VTOK_MAX_LAYERS; l++) w->eb[l] = w->db[l] = w->eb[0];
     TAKE(w->eh, H);
-    for (int l = 0; l < c->enc_layers; l++) { TAKE(w->ec[l], K * H); TAKE(w->ea[l], H); }
+    TAKE(w->en, H);
+    TAKE(w->ers, 1);
     TAKE(w->z, C);
     TAKE(w->q, C);
     TAKE(w->dcq, K * C);
-    TAKE(w->da0, H);
     TAKE(w->dh, H);
-    for (int l = 0; l < c->dec_layers; l++) { TAKE(w->dc[l], K * H); TAKE(w->dA[l], H); }
+    TAKE(w->dn, H);
+    TAKE(w->drs, 1);
     TAKE(w->ha, D);
     TAKE(w->hh, D);
-    TAKE(w->y, P);
-    TAKE(w->gbig, big);
-    TAKE(w->g1, hd);
-    TAKE(w->g2, hd);
-    TAKE(w->gz, C);
-    TAKE(w->gq, C);
+    TAKE(w->y, (size_t)m->n_out);
+    TAKE(w->yr, P);
+    if (train) {
+        TAKE(w->gbig, big);
+        TAKE(w->g1, H);
+        TAKE(w->g2, H);
+        TAKE(w->g3, H);
+        TAKE(w->gz, C);
+        TAKE(w->gq, C);
+    }
 #undef TAKE
+    w->wt = p;
+    w->gwt = p + K * H;
     return w;
 }
+
+ds4_vtok_ws *ds4_vtok_ws_new(const ds4_vtok *m, size_t max_tok) { return ws_new(m, max_tok, 1); }
 
 void ds4_vtok_ws_free(ds4_vtok_ws *w) {
     if (!w) return;
@@ -334,43 +507,109 @@ void ds4_vtok_ws_free(ds4_vtok_ws *w) {
 
 /* ---- forward / backward --------------------------------------------------- */
 
-/* x [N, P] -> ws->z [N, C] (ws->eh holds the final encoder stream). */
-static void enc_forward(const ds4_vtok *m, const vtok_w *W, ds4_vtok_ws *ws, const grid *g,
-                        const float *x, size_t N) {
-    const int H = m->cfg.hidden, C = m->cfg.n_levels, K = m->K;
-    linear(ws->ea0, x, &W->patch, N, m->P, H);
-    silu(ws->eh, ws->ea0, N * H, 0);
-    for (int l = 0; l < m->cfg.enc_layers; l++) {
-        gather(g, ws->eh, ws->ec[l], H, K);
-        linear(ws->ea[l], ws->ec[l], &W->emix[l], N, K * H, H);
-        silu(ws->eh, ws->ea[l], N * H, 1);
-    }
-    linear(ws->z, ws->eh, &W->proj, N, H, C);
+/* h [N, H] += fc2(silu(fc1(rmsnorm(dwconv(h))))) */
+static void block_forward(const ds4_vtok *m, const vblock *B, bcache *bc, ds4_vtok_ws *ws,
+                          const grid *g, float *h, size_t N) {
+    const int H = m->cfg.hidden, F = m->cfg.ffn, K = m->K;
+    if (ws->train) memcpy(bc->hin, h, N * H * sizeof(float));
+    transpose(ws->wt, B->dw.w, H, K);
+    dwconv(g, h, ws->wt, B->dw.b, bc->u, H, K);
+    ds4_rmsnorm(bc->v, bc->rstd, bc->u, B->norm, (int)N, H, VTOK_NORM_EPS);
+    linear(bc->a, bc->v, &B->fc1, N, H, F);
+    silu(bc->s, bc->a, N * F, 0);
+    ds4_matmul(h, bc->s, B->fc2.w, (int)N, F, H, 1);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < N; i++)
+        for (int c = 0; c < H; c++) h[i * H + c] += B->fc2.b[c];
 }
 
-/* ws->q [N, C] -> y [N, P] */
+/* dh [N, H]: gradient of the block output, updated in place to that of its input. */
+static void block_backward(const ds4_vtok *m, const vblock *B, const vblock *G, const bcache *bc,
+                           ds4_vtok_ws *ws, const grid *g, float *dh, size_t N) {
+    const int H = m->cfg.hidden, F = m->cfg.ffn, K = m->K;
+    float *ds = ws->gbig, *dv = ws->g1, *du = ws->g2;
+    linear_backward(ds, &G->fc2, dh, bc->s, &B->fc2, N, F, H);
+    silu_backward(ds, ds, bc->a, N * F);
+    linear_backward(dv, &G->fc1, ds, bc->v, &B->fc1, N, H, F);
+    memset(du, 0, N * H * sizeof(float));
+    ds4_rmsnorm_backward(du, G->norm, dv, bc->u, B->norm, bc->rstd, (int)N, H);
+    transpose(ws->wt, B->dw.w, H, K);
+    dwconv_backward(g, du, bc->hin, ws->wt, dh, ws->gwt, G->dw.b, H, K);
+    for (int c = 0; c < H; c++)
+        for (int k = 0; k < K; k++) G->dw.w[(size_t)c * K + k] += ws->gwt[(size_t)k * H + c];
+}
+
+/* x [N, P] -> ws->z [N, C] (ws->eh holds the encoder stream). */
+static void enc_forward(const ds4_vtok *m, const vtok_w *W, ds4_vtok_ws *ws, const grid *g,
+                        const float *x, size_t N) {
+    const int H = m->cfg.hidden, C = m->cfg.n_levels;
+    linear(ws->eh, x, &W->patch, N, m->P, H);
+    for (int l = 0; l < m->cfg.enc_layers; l++) block_forward(m, &W->eb[l], &ws->eb[l], ws, g, ws->eh, N);
+    ds4_rmsnorm(ws->en, ws->ers, ws->eh, W->enorm, (int)N, H, VTOK_NORM_EPS);
+    linear(ws->z, ws->en, &W->proj, N, H, C);
+}
+
+/* ws->q [N, C] -> y [N, n_out] */
 static void dec_forward(const ds4_vtok *m, const vtok_w *W, ds4_vtok_ws *ws, const grid *g,
                         float *y, size_t N) {
     const int H = m->cfg.hidden, C = m->cfg.n_levels, K = m->K, D = m->cfg.head;
     gather(g, ws->q, ws->dcq, C, K);
-    linear(ws->da0, ws->dcq, &W->embed, N, K * C, H);
-    silu(ws->dh, ws->da0, N * H, 0);
-    for (int l = 0; l < m->cfg.dec_layers; l++) {
-        gather(g, ws->dh, ws->dc[l], H, K);
-        linear(ws->dA[l], ws->dc[l], &W->dmix[l], N, K * H, H);
-        silu(ws->dh, ws->dA[l], N * H, 1);
-    }
-    linear(ws->ha, ws->dh, &W->head, N, H, D);
+    linear(ws->dh, ws->dcq, &W->embed, N, K * C, H);
+    for (int l = 0; l < m->cfg.dec_layers; l++) block_forward(m, &W->db[l], &ws->db[l], ws, g, ws->dh, N);
+    ds4_rmsnorm(ws->dn, ws->drs, ws->dh, W->dnorm, (int)N, H, VTOK_NORM_EPS);
+    linear(ws->ha, ws->dn, &W->head, N, H, D);
     silu(ws->hh, ws->ha, N * D, 0);
-    linear(y, ws->hh, &W->out, N, D, m->P);
+    linear(y, ws->hh, &W->out, N, D, m->n_out);
+}
+
+/* Palette colours in input units (pixel / 127.5 - 1). */
+static void palette_units(float pal[DS4_WC_COUNT][3]) {
+    for (int k = 0; k < DS4_WC_COUNT; k++)
+        for (int c = 0; c < 3; c++) pal[k][c] = ds4_world_palette[k][c] / 127.5f - 1.0f;
+}
+
+/* Decoder outputs y [N, n_out] -> reconstruction yr [N, P] in input units:
+ * the expected palette colour under softmax(logits) per pixel, or a copy. */
+static void to_pixels(const ds4_vtok *m, const float *y, float *yr, size_t N) {
+    if (!m->cfg.palette) {
+        memcpy(yr, y, N * m->P * sizeof(float));
+        return;
+    }
+    float pal[DS4_WC_COUNT][3];
+    palette_units(pal);
+    const size_t npix = N * (m->P / 3);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < npix; i++) {
+        const float *l = y + i * DS4_WC_COUNT;
+        float mx = l[0], e[DS4_WC_COUNT], sum = 0;
+        for (int k = 1; k < DS4_WC_COUNT; k++) mx = l[k] > mx ? l[k] : mx;
+        for (int k = 0; k < DS4_WC_COUNT; k++) sum += e[k] = expf(l[k] - mx);
+        float r = 0, g = 0, b = 0, inv = 1.0f / sum;
+        for (int k = 0; k < DS4_WC_COUNT; k++) {
+            r += e[k] * pal[k][0]; g += e[k] * pal[k][1]; b += e[k] * pal[k][2];
+        }
+        yr[3 * i] = r * inv; yr[3 * i + 1] = g * inv; yr[3 * i + 2] = b * inv;
+    }
+}
+
+/* Nearest palette colour of a pixel in input units. */
+static int nearest_palette(const float pal[DS4_WC_COUNT][3], const float *px) {
+    int best = 0;
+    float bd = 1e30f;
+    for (int k = 0; k < DS4_WC_COUNT; k++) {
+        float d0 = px[0] - pal[k][0], d1 = px[1] - pal[k][1], d2 = px[2] - pal[k][2];
+        float d = d0 * d0 + d1 * d1 + d2 * d2;
+        if (d < bd) { bd = d; best = k; }
+    }
+    return best;
 }
 
 double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float *x, int S,
-                                 int Tl, int Gh, int Gw, float *y_out, float *grads,
+                                 int Tl, int Gh, int Gw, float *y_out, double *mse, float *grads,
                                  float loss_scale, int round) {
     const size_t N = (size_t)S * Tl * Gh * Gw;
-    if (N == 0 || N > ws->max_tok) {
-        ds4_set_error("video forward: %zu tokens (workspace holds %zu)", N, ws->max_tok);
+    if (N == 0 || N > ws->max_tok || !ws->train) {
+        ds4_set_error("video forward: %zu tokens (training workspace holds %zu)", N, ws->max_tok);
         return NAN;
     }
     const int H = m->cfg.hidden, C = m->cfg.n_levels, K = m->K, D = m->cfg.head, P = m->P;
@@ -381,58 +620,76 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
     ds4_fsq_forward(&m->fsq, ws->z, ws->q, NULL, N, round);
     float *y = ws->y;
     dec_forward(m, &W, ws, &g, y, N);
-    double loss = 0;
+    to_pixels(m, y, ws->yr, N);
     const size_t NP = N * P;
-#pragma omp parallel for reduction(+ : loss) schedule(static)
+    double se = 0;
+#pragma omp parallel for reduction(+ : se) schedule(static)
     for (size_t i = 0; i < NP; i++) {
-        double d = (double)y[i] - x[i];
-        loss += d * d;
+        double d = (double)ws->yr[i] - x[i];
+        se += d * d;
     }
-    loss /= (double)NP;
-    if (y_out) memcpy(y_out, y, NP * sizeof(float));
+    if (mse) *mse = se / (double)NP;
+    if (y_out) memcpy(y_out, ws->yr, NP * sizeof(float));
+    double loss = 0;
+    if (!m->cfg.palette) {
+        loss = se / (double)NP;
+        if (grads) {
+            /* d loss / d y, in place of y: 2 (y - x) / NP * scale */
+            const float sc = 2.0f * loss_scale / (float)NP;
+#pragma omp parallel for schedule(static)
+            for (size_t i = 0; i < NP; i++) y[i] = (y[i] - x[i]) * sc;
+        }
+    } else {
+        /* cross-entropy per pixel against the nearest palette colour; in place
+         * of the logits: (softmax - onehot) / npix * scale */
+        float pal[DS4_WC_COUNT][3];
+        palette_units(pal);
+        const size_t npix = N * (P / 3);
+        const float sc = loss_scale / (float)npix;
+#pragma omp parallel for reduction(+ : loss) schedule(static)
+        for (size_t i = 0; i < npix; i++) {
+            float *l = y + i * DS4_WC_COUNT;
+            int tgt = nearest_palette(pal, x + 3 * i);
+            float mx = l[0], e[DS4_WC_COUNT], sum = 0;
+            for (int k = 1; k < DS4_WC_COUNT; k++) mx = l[k] > mx ? l[k] : mx;
+            for (int k = 0; k < DS4_WC_COUNT; k++) sum += e[k] = expf(l[k] - mx);
+            loss += (double)(logf(sum) + mx - l[tgt]);
+            if (grads)
+                for (int k = 0; k < DS4_WC_COUNT; k++) l[k] = (e[k] / sum - (k == tgt)) * sc;
+        }
+        loss /= (double)npix;
+    }
     if (!grads) return loss;
 
     vtok_w G;
     bind(m, grads, &G);
-    /* d loss / d y, in place of y: 2 (y - x) / NP * scale */
-    float *dy = ws->y;
-    const float sc = 2.0f * loss_scale / (float)NP;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < NP; i++) dy[i] = (dy[i] - x[i]) * sc;
-    /* decoder */
-    float *dhh = ws->g1, *dstream = ws->g2;
-    linear_backward(dhh, &G.out, dy, ws->hh, &W.out, N, D, P);
+    const float *dy = y;
+    /* decoder: head, final norm, blocks, embedding */
+    float *dhh = ws->gbig, *dn = ws->g1, *dstream = ws->g3;
+    linear_backward(dhh, &G.out, dy, ws->hh, &W.out, N, D, m->n_out);
     silu_backward(dhh, dhh, ws->ha, N * D);
-    linear_backward(dstream, &G.head, dhh, ws->dh, &W.head, N, H, D);
-    for (int l = m->cfg.dec_layers - 1; l >= 0; l--) {
-        float *da = ws->g1;
-        silu_backward(da, dstream, ws->dA[l], N * H);
-        linear_backward(ws->gbig, &G.dmix[l], da, ws->dc[l], &W.dmix[l], N, K * H, H);
-        scatter_add(&g, ws->gbig, dstream, H, K);  /* residual: dstream stays and gains this */
-    }
-    silu_backward(ws->g1, dstream, ws->da0, N * H);
-    linear_backward(ws->gbig, &G.embed, ws->g1, ws->dcq, &W.embed, N, K * C, H);
+    linear_backward(dn, &G.head, dhh, ws->dn, &W.head, N, H, D);
+    memset(dstream, 0, N * H * sizeof(float));
+    ds4_rmsnorm_backward(dstream, G.dnorm, dn, ws->dh, W.dnorm, ws->drs, (int)N, H);
+    for (int l = m->cfg.dec_layers - 1; l >= 0; l--)
+        block_backward(m, &W.db[l], &G.db[l], &ws->db[l], ws, &g, dstream, N);
+    linear_backward(ws->gbig, &G.embed, dstream, ws->dcq, &W.embed, N, K * C, H);
     memset(ws->gq, 0, N * C * sizeof(float));
     scatter_add(&g, ws->gbig, ws->gq, C, K);
-    /* FSQ straight-through */
+    /* FSQ: straight-through */
     ds4_fsq_backward(&m->fsq, ws->z, ws->gq, ws->gz, N);
-    /* encoder */
-    linear_backward(dstream, &G.proj, ws->gz, ws->eh, &W.proj, N, H, C);
-    /* the stream before each mixing layer is needed for nothing but the gathered copy */
-    for (int l = m->cfg.enc_layers - 1; l >= 0; l--) {
-        float *da = ws->g1;
-        silu_backward(da, dstream, ws->ea[l], N * H);
-        linear_backward(ws->gbig, &G.emix[l], da, ws->ec[l], &W.emix[l], N, K * H, H);
-        scatter_add(&g, ws->gbig, dstream, H, K);
-    }
-    silu_backward(ws->g1, dstream, ws->ea0, N * H);
-    linear_backward(NULL, &G.patch, ws->g1, x, &W.patch, N, P, H);
+    /* encoder: projection, final norm, blocks, patch embedding */
+    linear_backward(dn, &G.proj, ws->gz, ws->en, &W.proj, N, H, C);
+    memset(dstream, 0, N * H * sizeof(float));
+    ds4_rmsnorm_backward(dstream, G.enorm, dn, ws->eh, W.enorm, ws->ers, (int)N, H);
+    for (int l = m->cfg.enc_layers - 1; l >= 0; l--)
+        block_backward(m, &W.eb[l], &G.eb[l], &ws->eb[l], ws, &g, dstream, N);
+    linear_backward(NULL, &G.patch, dstream, x, &W.patch, N, m->P, H);
     return loss;
 }
-
 /* ---- whole clips, in chunks of latent frames ------------------------------- */
 
-#define VTOK_CHUNK 16   /* latent frames computed per chunk (plus the halo) */
+#define VTOK_CHUNK 30   /* latent frames computed per chunk (plus the halo) */
 
 int ds4_vtok_latent_shape(const ds4_vtok *m, int T, int H, int W, int *Tl, int *Gh, int *Gw) {
     const int p = m->cfg.patch;
@@ -462,7 +719,7 @@ static int run_encoder(const ds4_vtok *m, const uint8_t *rgb, int T, int H, int 
     const size_t per = (size_t)Gh * Gw, P = m->P;
     const int halo = m->cfg.enc_layers;
     float *x = ds4_malloc((size_t)Tl * per * P * sizeof(float));
-    ds4_vtok_ws *ws = ds4_vtok_ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per);
+    ds4_vtok_ws *ws = ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per, 0);
     if (!x || !ws) { free(x); ds4_vtok_ws_free(ws); return -1; }
     ds4_vtok_patchify(rgb, T, H, W, m->cfg.tubelet, m->cfg.patch, 0, x);
     vtok_w Wt;
@@ -497,7 +754,7 @@ int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int
     if (ds4_vtok_latent_shape(m, Tl * tub, Gh * p, Gw * p, &tl2, &gh2, &gw2) != 0) return -1;
     const size_t per = (size_t)Gh * Gw;
     const int halo = 1 + m->cfg.dec_layers;
-    ds4_vtok_ws *ws = ds4_vtok_ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per);
+    ds4_vtok_ws *ws = ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per, 0);
     if (!ws) return -1;
     vtok_w Wt;
     bind(m, m->params, &Wt);
@@ -514,7 +771,9 @@ int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int
             }
         grid g = {1, b - a, Gh, Gw};
         dec_forward(m, &Wt, ws, &g, ws->y, n);
-        ds4_vtok_unpatchify(ws->y + (size_t)(t0 - a) * per * m->P, t1 - t0, Gh * p, Gw * p, tub, p,
+        size_t skip = (size_t)(t0 - a) * per;
+        to_pixels(m, ws->y + skip * m->n_out, ws->yr + skip * m->P, (size_t)(t1 - t0) * per);
+        ds4_vtok_unpatchify(ws->yr + skip * m->P, t1 - t0, Gh * p, Gw * p, tub, p,
                             rgb + (size_t)t0 * tub * frame);
     }
     ds4_vtok_ws_free(ws);

@@ -47,7 +47,7 @@ ds4_vtok *ds4_vtok_load(const char *dir) {
     int rc = ds4_vtok_config_parse(&c, js, path);
     free(js);
     if (rc != 0) return NULL;
-    ds4_vtok *m = ds4_vtok_new(&c, 0);
+    ds4_vtok *m = ds4_vtok_alloc(&c);
     if (!m) return NULL;
     snprintf(path, sizeof path, "%s/video.safetensors", dir);
     ds4_safetensors st;

@@ -211,7 +211,8 @@ int ds4_vtok_train(const ds4_vtok_train_opts *o) {
                               cfg.patch, flip, x + (size_t)b * win * per * m->P);
         }
         memset(grads, 0, m->n_params * sizeof(float));
-        double loss = ds4_vtok_forward_backward(m, ws, x, o->batch, win, Gh, Gw, NULL, grads, 1.0f, 1);
+        double mse = 0;
+        double loss = ds4_vtok_forward_backward(m, ws, x, o->batch, win, Gh, Gw, NULL, &mse, grads, 1.0f, 1);
         if (!isfinite(loss)) {
             ds4_set_error("video train: loss is not finite at step %ld", step);
             goto done;
@@ -229,8 +230,8 @@ int ds4_vtok_train(const ds4_vtok_train_opts *o) {
             .step = step + 1, .steps = o->steps, .loss = loss, .lr = lr, .grad_norm = gn,
             .val_psnr = NAN, .val_centroid = NAN,
         };
-        /* normalised pixels span 2 units for 255 levels: MSE_255 = loss * 127.5^2 */
-        p.train_psnr = 10.0 * log10(255.0 * 255.0 / (loss * 127.5 * 127.5 + 1e-12));
+        /* input units span 2 for 255 levels: MSE_255 = mse * 127.5^2 (before rounding to RGB8) */
+        p.train_psnr = 10.0 * log10(255.0 * 255.0 / (mse * 127.5 * 127.5 + 1e-12));
         int last = step + 1 == o->steps;
         if (last || (o->eval_every > 0 && (step + 1) % o->eval_every == 0)) {
             if (has_val) {

@@ -40,7 +40,8 @@ typedef struct ds4_fsq {
     int32_t n_codes;                        /* prod(levels) */
 } ds4_fsq;
 
-/* levels: n in [1, 8] entries, each in [2, 65536], product < 2^31. */
+/* levels: n in [1, 8] entries, each in [3, 65536] (L = 2 makes shift =
+ * atanh(0.5 / 0.4995) undefined), product < 2^31. */
 int   ds4_fsq_init(ds4_fsq *f, const int *levels, int n);
 float ds4_fsq_bound(const ds4_fsq *f, int c, float z);
 /* z [n_tok, f->n] -> q [n_tok, f->n] (may be NULL), codes [n_tok] (may be NULL).
@@ -57,17 +58,27 @@ int32_t ds4_fsq_digits_to_code(const ds4_fsq *f, const int *digits);
 int     ds4_fsq_code_to_q(const ds4_fsq *f, int32_t code, float *q);
 
 /* ---- configuration (video_config.json) -------------------------------------
- * Architecture, all on the latent grid [T/tubelet][H/patch][W/patch]:
- *   encoder: x [P] (P = tubelet*patch*patch*3, pixels/127.5 - 1, layout
- *            [frame][row][col][rgb]) -> silu(W x + b) [hidden]
- *            -> enc_layers x residual neighbourhood layer -> linear [n_levels] -> FSQ
- *   decoder: neighbourhood linear of q -> silu [hidden]
- *            -> dec_layers x residual neighbourhood layer
- *            -> silu(linear) [head] -> linear [P] pixels.
- * A neighbourhood layer is h += silu(W gather(h) + b), where gather stacks the
- * 3x3 spatial neighbours at latent times t-1 and t (causal: 18 taps; a decoder
- * can run as codes arrive) or t-1, t, t+1 (causal = 0: 27 taps); outside the
- * grid is zero. */
+ * Architecture, all on the latent grid [T/tubelet][H/patch][W/patch] of
+ * tokens (one per tubelet of P = tubelet*patch*patch*3 values, pixel/127.5 - 1,
+ * laid out [frame][row][col][rgb]):
+ *   encoder: h = W_patch x + b                                  [hidden]
+ *            enc_layers x block                                 [hidden]
+ *            z = W_proj rmsnorm(h) + b                          [n_levels] -> FSQ -> q
+ *   decoder: h = W_embed gather(q) + b                          [hidden]
+ *            dec_layers x block                                 [hidden]
+ *            y = W_out silu(W_head rmsnorm(h) + b) + b          [head] -> [n_out]
+ *   block:   h += W_fc2 silu(W_fc1 rmsnorm(dwconv(h)) + b) + b  (ffn wide)
+ * gather() stacks a token's neighbourhood: the 3x3 spatial neighbours at
+ * latent times t-1 and t (causal: K = 18 taps; codes can be decoded as they
+ * arrive) or t-1, t, t+1 (causal = 0: K = 27); outside the grid is zero.
+ * dwconv() is the depthwise convolution over the same taps (one weight per
+ * channel and tap, plus a bias).
+ * Output (key "output"): "palette" (default): n_out = tubelet*patch*patch*7
+ * logits per token, a distribution over the 7 SPEC palette colours per pixel,
+ * trained with cross-entropy against each pixel's nearest palette colour and
+ * decoded as the expected colour (sum_k p_k palette_k: the MSE-optimal value
+ * under the predicted distribution, exact where the model is sure); "rgb":
+ * n_out = P values regressed with MSE. */
 typedef struct ds4_vtok_config {
     int width, height;      /* training frame size (64 x 64); encode/decode take any multiple of patch */
     int fps;                /* 24 */
@@ -75,9 +86,11 @@ typedef struct ds4_vtok_config {
     int n_levels;
     int levels[DS4_VTOK_MAX_LEVELS];  /* 8,5,5,5 */
     int hidden;             /* latent-grid channels (128) */
-    int head;               /* decoder per-token head width (512) */
-    int enc_layers, dec_layers;       /* neighbourhood layers (1, 2) */
+    int ffn;                /* block MLP width (256) */
+    int head;               /* decoder per-token head width (256) */
+    int enc_layers, dec_layers;       /* blocks (2, 3) */
     int causal;             /* 1 */
+    int palette;            /* 1: palette-distribution output (default), 0: RGB regression */
 } ds4_vtok_config;
 
 void ds4_vtok_config_defaults(ds4_vtok_config *c);
@@ -96,12 +109,13 @@ typedef struct ds4_vtok_tensor {
     int    decay;           /* 1: AdamW weight decay applies (matrices) */
 } ds4_vtok_tensor;
 
-#define DS4_VTOK_MAX_TENSORS (10 + 4 * DS4_VTOK_MAX_LAYERS)
+#define DS4_VTOK_MAX_TENSORS (12 + 7 * 2 * DS4_VTOK_MAX_LAYERS)
 
 typedef struct ds4_vtok {
     ds4_vtok_config cfg;
     ds4_fsq  fsq;
-    int      P;             /* pixels per token: tubelet * patch * patch * 3 */
+    int      P;             /* values per token: tubelet * patch * patch * 3 */
+    int      n_out;         /* decoder outputs per token: P (rgb) or P / 3 * 7 (palette) */
     int      K;             /* neighbourhood taps: 18 causal, 27 otherwise */
     size_t   n_params;
     float   *params;        /* [n_params], 64-byte aligned */
@@ -111,6 +125,8 @@ typedef struct ds4_vtok {
 
 /* A new model with random weights (deterministic from seed). */
 ds4_vtok *ds4_vtok_new(const ds4_vtok_config *c, uint64_t seed);
+/* The same layout with all weights zero (for loading). */
+ds4_vtok *ds4_vtok_alloc(const ds4_vtok_config *c);
 void      ds4_vtok_free(ds4_vtok *m);
 int32_t   ds4_vtok_n_codes(const ds4_vtok *m);
 const ds4_vtok_tensor *ds4_vtok_find(const ds4_vtok *m, const char *name);
@@ -130,7 +146,8 @@ int ds4_vtok_latent_shape(const ds4_vtok *m, int T, int H, int W, int *Tl, int *
 int ds4_vtok_encode(const ds4_vtok *m, const uint8_t *rgb, int T, int H, int W, int32_t *codes);
 /* Decode codes [Tl][Gh][Gw] into rgb [Tl*tubelet][Gh*patch][Gw*patch][3]. */
 int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int Gw, uint8_t *rgb);
-/* Encoder features before the FSQ projection, feat [Tl*Gh*Gw][hidden] (for the
+/* Encoder features (the stream before the final norm and FSQ projection),
+ * feat [Tl*Gh*Gw][hidden] (for the
  * FVD-proxy of SPEC §3). */
 int ds4_vtok_features(const ds4_vtok *m, const uint8_t *rgb, int T, int H, int W, float *feat);
 
@@ -143,25 +160,41 @@ void ds4_vtok_patchify(const uint8_t *rgb, int T, int H, int W, int tubelet, int
 void ds4_vtok_unpatchify(const float *y, int Tl, int H, int W, int tubelet, int patch,
                          uint8_t *rgb);
 
+/* Latent-grid operators of the blocks (video.h architecture), on S grids of
+ * [Tl][Gh][Gw] tokens with Ch channels; K = 18 (causal) or 27 taps, tap k =
+ * (dt, dy, dx) = (k / 9 - 1, (k / 3) % 3 - 1, k % 3 - 1); outside is zero.
+ * gather: dst [N, K*Ch]; its backward ACCUMULATES dsrc [N, Ch].
+ * dwconv: u [N, Ch] = b + sum_k w[c, k] h[n + tap k] with w [Ch, K]; its
+ * backward ACCUMULATES dh [N, Ch], dw [Ch, K], db [Ch]. */
+void ds4_vtok_gather(const float *src, float *dst, int S, int Tl, int Gh, int Gw, int Ch, int K);
+void ds4_vtok_gather_backward(const float *ddst, float *dsrc, int S, int Tl, int Gh, int Gw,
+                              int Ch, int K);
+int  ds4_vtok_dwconv(const float *h, const float *w, const float *b, float *u, int S, int Tl,
+                     int Gh, int Gw, int Ch, int K);
+int  ds4_vtok_dwconv_backward(const float *du, const float *h, const float *w, float *dh,
+                              float *dw, float *db, int S, int Tl, int Gh, int Gw, int Ch, int K);
+
 /* Forward/backward workspace for up to max_tok tokens. */
 typedef struct ds4_vtok_ws ds4_vtok_ws;
 ds4_vtok_ws *ds4_vtok_ws_new(const ds4_vtok *m, size_t max_tok);
 void         ds4_vtok_ws_free(ds4_vtok_ws *w);
 
 /* x: S sequences of [Tl][Gh][Gw][P] inputs (also the targets). Returns the
- * loss mean((y - x)^2) over all S*Tl*Gh*Gw*P values; y (may be NULL) receives
- * the reconstruction; when grads != NULL they ACCUMULATE d loss / d params
- * [n_params] (times loss_scale). round = 0 skips FSQ rounding (smooth path for
- * finite differences). NAN on error. */
+ * loss: rgb, mean((y - x)^2) over all S*Tl*Gh*Gw*P values; palette, the mean
+ * cross-entropy per pixel against the nearest palette colour of x. y (may be
+ * NULL) receives the reconstruction [N, P] in input units; mse (may be NULL)
+ * its mean squared error against x. When grads != NULL they ACCUMULATE
+ * d loss / d params [n_params] (times loss_scale). round = 0 skips FSQ
+ * rounding (smooth path for finite differences). NAN on error. */
 double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *w, const float *x, int S,
-                                 int Tl, int Gh, int Gw, float *y, float *grads,
+                                 int Tl, int Gh, int Gw, float *y, double *mse, float *grads,
                                  float loss_scale, int round);
 
 /* ---- training -------------------------------------------------------------- */
 typedef struct ds4_vtok_progress {
     long   step, steps;
-    double loss;            /* training MSE of this step (normalised pixels) */
-    double train_psnr;      /* PSNR of that loss in 0..255 units */
+    double loss;            /* training loss of this step (cross-entropy, or MSE for rgb) */
+    double train_psnr;      /* PSNR of this step's reconstruction (before rounding to RGB8) */
     double lr, grad_norm;
     double val_psnr;        /* NAN unless evaluated at this step */
     double val_centroid;    /* mean centroid error (px), NAN unless evaluated */
