@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "cli/cli.h"
 #include "infer/infer.h"
 #include "server/server.h"
@@ -33,7 +34,8 @@ static void usage(FILE *f) {
         "  --throttle-ms MS   sleep after each engine step (testing aid, default 0)\n"
         "  --quiet            no request log on stderr\n\n"
         "Prints 'listening on http://HOST:PORT' on stdout once ready. A second\n"
-        "SIGINT/SIGTERM cancels in-flight requests at once.\n");
+        "SIGINT/SIGTERM cancels in-flight requests at once. Threads: OMP_NUM_THREADS;\n"
+        "OMP_WAIT_POLICY defaults to PASSIVE here (spinning workers starve the HTTP threads).\n");
 }
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -91,6 +93,21 @@ int cmd_serve(int argc, char **argv) {
         } else return cli_unknown(cmd, a);
     }
     if (!model_dir) { fprintf(stderr, "ds4 %s: --model DIR is required (see --help)\n", cmd); return 2; }
+    /* OpenMP workers that spin between parallel regions take the CPU from
+     * the HTTP threads (and from everything else on a busy machine): with
+     * the default policy one stream fell to a few tokens/s on 2 loaded cores.
+     * libgomp reads OMP_WAIT_POLICY when it loads, so set it and start again. */
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+        char **args = calloc((size_t)argc + 2, sizeof *args);
+        if (args) {
+            args[0] = "ds4";
+            for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
+            fflush(NULL);
+            execv("/proc/self/exe", args);
+            free(args);
+        }
+        /* could not re-execute: run with the default policy */
+    }
     char dname[256];
     dir_name(model_dir, dname, sizeof dname);
     o.model_name = name ? name : dname;
