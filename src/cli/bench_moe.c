@@ -42,7 +42,7 @@ static void opts_defaults(moe_opts *o) {
     o->steps = 150;
     o->batch = 16;
     o->seq = 128;
-    o->eval_tokens = 32768;
+    o->eval_tokens = 1 << 17;
     o->seed = 1;
     o->route_tokens = 4096;
     o->layer_tokens = 2048;
@@ -71,7 +71,8 @@ static void help(void) {
            "  --experts E [64]  --groups G [16]  --topk-group [2]  --topk-per-group [2]\n"
            "  --plain-k K          experts per token of runs (a), (b) [= topk_group x topk_per_group]\n"
            "  --steps N [150]  --batch B [16]  --seq T [128]  --lr X [3e-3]  --seed S [1]\n"
-           "  --bias-rate U [1e-3]  --aux-alpha A [0.01]  --eval-tokens N [32768]\n"
+           "  --bias-rate U [1e-3]  --aux-alpha A [0.01]  --eval-tokens N [131072, capped by --val]\n"
+           "  --runs abc           which of the three runs to train [abc]\n"
            "  --elem-bytes N       bytes per activation element on the wire [2: bf16]\n"
            "routing / layer options:\n"
            "  --route-tokens N [4096]   --layer-tokens N [2048] (layer: D = --hidden x 4)\n"
@@ -104,6 +105,39 @@ static void pool_report(const ds4_moe_report *r, pooled_stats *p) {
         p->layers++;
     }
     if (p->layers) { p->util /= p->layers; p->maxvio /= p->layers; p->cv /= p->layers; }
+}
+
+/* Expected utilization of routing that is perfectly balanced in expectation
+ * (each token k distinct experts uniformly at random) on n tokens: the
+ * ceiling that sampling noise alone puts on mean(load)/max(load). */
+static double uniform_utilization(int64_t n, int E, int k, uint64_t seed) {
+    ds4_rng r;
+    ds4_rng_seed(&r, seed);
+    int64_t *load = calloc((size_t)E, sizeof(int64_t));
+    if (!load) return NAN;
+    double sum = 0;
+    const int reps = 8;
+    for (int it = 0; it < reps; it++) {
+        memset(load, 0, sizeof(int64_t) * (size_t)E);
+        for (int64_t t = 0; t < n; t++) {
+            int pick[64];
+            for (int j = 0; j < k && j < 64; j++) {
+                int e, dup;
+                do {
+                    e = (int)(ds4_rng_u64(&r) % (uint64_t)E);
+                    dup = 0;
+                    for (int i = 0; i < j; i++) dup |= pick[i] == e;
+                } while (dup);
+                pick[j] = e;
+                load[e]++;
+            }
+        }
+        ds4_moe_load_stats st;
+        ds4_moe_load_stats_of(load, E, &st);
+        sum += st.utilization;
+    }
+    free(load);
+    return sum / reps;
 }
 
 /* Dispatch bytes per token summed over MoE layers (the all-to-all of every layer). */
@@ -204,20 +238,12 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
     res->train_loss = loss_tail / tail;
     res->train_util = util_tail / tail;
     res->aux_loss = aux_tail / tail;
-    /* validation loss: fixed evenly spaced windows of the held-out text */
-    const size_t span = (size_t)B * (T + 1);
-    long nb = (long)DS4_MIN(nval / span, (size_t)(o->eval_tokens / (B * T) > 0 ? o->eval_tokens / (B * T) : 1));
-    double vl = 0;
-    for (long i = 0; i < nb; i++) {
-        memcpy(buf, val + (size_t)i * span, sizeof(int) * span);
-        vl += ds4_train_ctx_loss(ctx, m, buf);
-    }
-    res->val_loss = nb ? vl / nb : NAN;
-    /* routing metrics on the same held-out tokens (inference path, dropless) */
+    /* held-out: loss and routing metrics in one pass (inference path, dropless), windows of T */
     res->rep.n_ranks = 2;
     res->rep.ranks[0] = 4;
     res->rep.ranks[1] = 8;
     if (ds4_moe_measure(m, val, DS4_MIN(nval, (size_t)o->eval_tokens), T, &res->rep) != 0) goto out;
+    res->val_loss = res->rep.loss;
     pool_report(&res->rep, &res->st);
     rc = 0;
 out:
@@ -317,6 +343,10 @@ static int run_study(const moe_opts *o) {
         }
         printf("\n");
     }
+    const double ceil_u = uniform_utilization(res[any].rep.tokens, ch->n_routed_experts, k_hier, 99);
+    printf("    sampling-noise ceiling: routing balanced in expectation (k uniform experts per token) scores\n"
+           "    %.1f%% utilization on %lld tokens: no router can be expected to measure above it\n",
+           100 * ceil_u, (long long)res[any].rep.tokens);
     printf("    training:");
     for (int r = 0; r < N_RUNS; r++)
         if (done[r]) printf("  %s %.1f%% (aux loss %.4f)", RUN_KEY[r], 100 * res[r].train_util, res[r].aux_loss);
@@ -361,6 +391,7 @@ static int run_study(const moe_opts *o) {
                    report_bytes(&res[r].rep, 0, 1, eb), report_bytes(&res[r].rep, 1, 1, eb), res[r].train_util,
                    res[r].aux_loss, res[r].tokens_per_s, res[r].seconds);
     if (done[RUN_HIER]) printf(",\"comm_ratio_r4\":%.4f,\"comm_ratio_r8\":%.4f", ratio[0], ratio[1]);
+    printf(",\"uniform_utilization_ceiling\":%.4f", ceil_u);
     printf("}\n");
     for (int r = 0; r < N_RUNS; r++) ds4_moe_report_free(&res[r].rep);
     free(train); free(val);
