@@ -27,7 +27,8 @@ static void usage(FILE *f) {
         "  --slots N          sequences decoded together in one batch (default 8)\n"
         "  --queue N          requests waiting for a slot before 429 (default 64)\n"
         "  --ctx N            tokens per sequence, capped at max_position_embeddings (default: that)\n"
-        "  --batch-tokens N   prompt tokens per engine step, 0 = no bound (default 256)\n"
+        "  --batch-tokens N   tokens per engine step: one per running sequence, prompts fill\n"
+        "                     the rest; 0 = no bound (default max(256, 2 x slots))\n"
         "  --max-body BYTES   request body limit before 413 (default 1048576)\n"
         "  --max-connections N  open connections (default 512)\n"
         "  --grace S          on SIGTERM, seconds to let requests finish (default 10)\n"
@@ -68,7 +69,7 @@ int cmd_serve(int argc, char **argv) {
     ds4_server_opts_default(&o);
     o.api_key = getenv("DS4_API_KEY");
     double grace = 10;
-    int quiet = 0;
+    int quiet = 0, batch_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long n;
@@ -83,7 +84,11 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--slots")) { if (cli_int(cmd, a, v, 1, 4096, &n)) return 2; o.slots = (int)n; }
         else if (!strcmp(a, "--queue")) { if (cli_int(cmd, a, v, 0, 1 << 20, &n)) return 2; o.queue = (int)n; }
         else if (!strcmp(a, "--ctx")) { if (cli_int(cmd, a, v, 1, 1 << 24, &n)) return 2; o.ctx = (int)n; }
-        else if (!strcmp(a, "--batch-tokens")) { if (cli_int(cmd, a, v, 0, 1 << 24, &n)) return 2; o.batch_tokens = (int)n; }
+        else if (!strcmp(a, "--batch-tokens")) {
+            if (cli_int(cmd, a, v, 0, 1 << 24, &n)) return 2;
+            o.batch_tokens = (int)n;
+            batch_set = 1;
+        }
         else if (!strcmp(a, "--max-body")) { if (cli_int(cmd, a, v, 16, 1L << 32, &n)) return 2; o.max_body = (size_t)n; }
         else if (!strcmp(a, "--max-connections")) { if (cli_int(cmd, a, v, 1, 65536, &n)) return 2; o.max_connections = (int)n; }
         else if (!strcmp(a, "--throttle-ms")) { if (cli_int(cmd, a, v, 0, 60000, &n)) return 2; o.throttle_ms = (int)n; }
@@ -108,6 +113,7 @@ int cmd_serve(int argc, char **argv) {
         }
         /* could not re-execute: run with the default policy */
     }
+    if (!batch_set && o.batch_tokens <= o.slots) o.batch_tokens = 2 * o.slots;
     char dname[256];
     dir_name(model_dir, dname, sizeof dname);
     o.model_name = name ? name : dname;

@@ -431,6 +431,11 @@ ds4_server *ds4_server_start(const ds4_model *m, const ds4_tokenizer *tok, const
         ds4_set_error("server: batch_tokens, throttle_ms and ctx must be >= 0");
         return NULL;
     }
+    if (o->batch_tokens > 0 && o->batch_tokens <= o->slots) {
+        ds4_set_error("server: batch_tokens (%d) must be 0 or more than slots (%d): every running "
+                      "sequence puts one token in each step, prompts fill the rest", o->batch_tokens, o->slots);
+        return NULL;
+    }
     if (o->max_connections < 1) { ds4_set_error("server: max_connections must be >= 1"); return NULL; }
     const char *host = o->host && o->host[0] ? o->host : "127.0.0.1";
     if (!strcmp(host, "localhost")) host = "127.0.0.1";

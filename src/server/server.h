@@ -22,7 +22,8 @@ typedef struct ds4_server_opts {
     int    slots;             /* sequences decoded together (KV-cache slots, default 8) */
     int    queue;             /* requests waiting for a slot before 429 (default 64) */
     int    ctx;               /* tokens per slot, 0 = max_position_embeddings */
-    int    batch_tokens;      /* prompt tokens per engine step, 0 = no bound (default 256) */
+    int    batch_tokens;      /* tokens per engine step, 0 = no bound (default 256; must
+                               * exceed slots: decode tokens go first, prompts fill the rest) */
     size_t max_body;          /* request body limit in bytes before 413 (default 1 MiB) */
     int    max_connections;   /* open connections (default 512) */
     int    throttle_ms;       /* sleep after each engine step: a testing aid (default 0) */
