@@ -5,7 +5,7 @@ random tokens with the same thread count and prints tokens/s plus a JSON line.
 
 usage: /usr/bin/python3 bench/torch_train.py [--threads 2] [--steps 4] [--batch 8] [--seq 256]
 Optional peer: needs Debian's python3-torch; no test depends on it."""
-import argparse, json, time
+import argparse, json, math, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,7 +37,13 @@ class Block(nn.Module):
         def rope(t):
             t1, t2 = t.chunk(2, -1)
             return t * cos + torch.cat([-t2, t1], -1) * sin
-        a = F.scaled_dot_product_attention(rope(q), rope(k), v, is_causal=True)
+        q, k = rope(q), rope(k)
+        if hasattr(F, "scaled_dot_product_attention"):       # PyTorch >= 2.0
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:                                                # Debian bookworm's 1.13
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+            a = s.softmax(-1) @ v
         x = x + self.o(a.transpose(1, 2).reshape(B, T, D))
         h = self.n2(x)
         return x + self.d(F.silu(self.g(h)) * self.u(h))
