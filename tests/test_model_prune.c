@@ -145,7 +145,8 @@ static void test_topk_naive(void **state) {
     ds4_rng r;
     ds4_rng_seed(&r, 5);
     const int N = 5000;
-    float *v = malloc(sizeof(float) * N), *scr = malloc(sizeof(float) * N);
+    float *v = malloc(sizeof(float) * N);
+    void *scr = malloc(DS4_IDX_TOPK_SCRATCH(N));
     int *out = malloc(sizeof(int) * N);
     unsigned char *in = malloc(N);
     for (int trial = 0; trial < 60; trial++) {

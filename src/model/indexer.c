@@ -5,6 +5,9 @@
  * and the KL(p_dense || softmax(I)) training loss with its gradient. */
 #include <math.h>
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include "kernels/kernels.h"
@@ -46,7 +49,6 @@ void ds4_indexer_key_put(float *kb, int j, const float *k, int Di) {
  * d in order in its own lane, heads in order: independent of nq and of the
  * block's place (lanes past nk may hold anything and are not stored). */
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 static void score_block(const float *q, const float *w, int nq, int Hi, int Di, const float *kt, int nk,
                         float *I, size_t ldI) {
     const __m256 zero = _mm256_setzero_ps(), rs = _mm256_set1_ps(1.0f / sqrtf((float)Di));
@@ -149,39 +151,90 @@ static float kth_largest(float *a, int n, int k) {
     return a[t];
 }
 
-int ds4_indexer_topk(const float *I, int n, int k, int *out, float *scratch) {
+/* The r-th largest (1 <= r <= 64) of x [n], by insertion into a short
+ * descending list: one comparison for most elements. */
+static float rth_largest_small(const float *x, int n, int r) {
+    float best[64];
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        if (m == r && !(v > best[r - 1])) continue;
+        int p = m < r ? m++ : r - 1;
+        while (p > 0 && v > best[p - 1]) { best[p] = best[p - 1]; p--; }
+        best[p] = v;
+    }
+    return best[r - 1];
+}
+
+/* Candidates with I[j] > thr, in index order: values sv, indices si. */
+static int compact_gt(const float *I, int n, float thr, float *sv, int *si) {
+    int m = 0, j = 0;
+#if defined(__AVX2__)
+    const __m256 t = _mm256_set1_ps(thr);
+    for (; j + 8 <= n; j += 8) {
+        unsigned msk = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(I + j), t, _CMP_GT_OQ));
+        while (msk) {
+            const int b = __builtin_ctz(msk);
+            sv[m] = I[j + b];
+            si[m++] = j + b;
+            msk &= msk - 1;
+        }
+    }
+#endif
+    for (; j < n; j++)
+        if (I[j] > thr) { sv[m] = I[j]; si[m++] = j; }
+    return m;
+}
+
+int ds4_indexer_topk(const float *I, int n, int k, int *out, void *scratch) {
     if (n <= k) {
         for (int j = 0; j < n; j++) out[j] = j;
         return n;
     }
     if (k <= 0) return 0;
-    int m = n;
+    float *sv = scratch, *sw = sv + n;               /* [n] candidate values, [n] working copy */
+    int *si = (int *)(sw + n);                       /* [n] candidate indices */
+    int m = 0;
     if (n >= 1024 && n >= 8 * k) {
-        /* threshold from an evenly spaced sample, set low enough that about
-         * 1.5 k + margin values pass; fall back to the full set if too few */
-        const int ns = 512, step = n / ns;
-        for (int i = 0; i < ns; i++) scratch[i] = I[(size_t)i * step];
-        int r = (int)(1.5 * k * (double)ns / n) + 8;
-        if (r > ns) r = ns;
-        const float thr = kth_largest(scratch, ns, r);
-        m = 0;
-        for (int j = 0; j < n; j++) {      /* branch-free compaction of the passing values */
-            scratch[m] = I[j];
-            m += I[j] >= thr;
-        }
-        if (m < k) {
-            m = n;
+        /* threshold thr from an evenly spaced sample of 256, low enough that
+         * about 1.5 k + 4 n / 256 values exceed it */
+        const int ns = 256, step = n / ns;
+        const int r = (int)(1.5 * k * (double)ns / n) + 4;
+        if (r <= 64) {
+            for (int i = 0; i < ns; i++) sw[i] = I[(size_t)i * step];
+            const float thr = rth_largest_small(sw, ns, r);
+            m = compact_gt(I, n, thr, sv, si);
+            if (m < k) {
+                /* ties at thr (relu zeros): if enough, the answer is every value
+                 * above thr plus the first k - m equal to it */
+                int eq = 0;
+                for (int j = 0; j < n; j++) eq += I[j] == thr;
+                if (m + eq >= k) {
+                    int need = k - m, o = 0;
+                    for (int j = 0; j < n && o < k; j++)
+                        if (I[j] > thr || (I[j] == thr && need-- > 0)) out[o++] = j;
+                    return o;
+                }
+            }
         }
     }
-    if (m == n) memcpy(scratch, I, sizeof(float) * (size_t)n);
-    const float v = kth_largest(scratch, m, k);
+    if (m < k) {                                     /* every value is a candidate */
+        memcpy(sw, I, sizeof(float) * (size_t)n);
+        const float v = kth_largest(sw, n, k);
+        int gt = 0;
+        for (int j = 0; j < n; j++) gt += I[j] > v;
+        int eq = k - gt, o = 0;
+        for (int j = 0; j < n && o < k; j++)
+            if (I[j] > v || (I[j] == v && eq-- > 0)) out[o++] = j;
+        return o;
+    }
+    memcpy(sw, sv, sizeof(float) * (size_t)m);
+    const float v = kth_largest(sw, m, k);
     int gt = 0;
-    for (int j = 0; j < m; j++) gt += scratch[j] > v;
+    for (int t = 0; t < m; t++) gt += sv[t] > v;
     int eq = k - gt, o = 0;
-    for (int j = 0; j < n && o < k; j++) {
-        const float x = I[j];
-        if (x > v || (x == v && eq-- > 0)) out[o++] = j;
-    }
+    for (int t = 0; t < m && o < k; t++)
+        if (sv[t] > v || (sv[t] == v && eq-- > 0)) out[o++] = si[t];
     return o;
 }
 
@@ -202,7 +255,7 @@ int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, in
     const int nth = omp_get_max_threads();
     const int nkv1 = DS4_MAX(n_kv, 1);
     float *I = ds4_malloc(sizeof(float) * (size_t)QB * nkv1);                 /* [QB, n_kv] */
-    float *scr = ds4_malloc(sizeof(float) * (size_t)nth * nkv1);              /* [nth, n_kv] */
+    char *scr = ds4_malloc(DS4_IDX_TOPK_SCRATCH(nkv1) * (size_t)nth);         /* per-thread top-k scratch */
     int *hi = ds4_malloc(sizeof(int) * QB);
     if (!I || !scr || !hi) { free(I); free(scr); free(hi); return -1; }
     for (int q0 = 0; q0 < nq; q0 += QB) {
@@ -228,7 +281,7 @@ int ds4_indexer_select(const ds4_config *c, const float *iq, const float *iw, in
             if (hi[i] <= topk) {
                 for (int j = 0; j < hi[i]; j++) out[n++] = j;
             } else {
-                float *s = scr + (size_t)omp_get_thread_num() * nkv1;
+                void *s = scr + (size_t)omp_get_thread_num() * DS4_IDX_TOPK_SCRATCH(nkv1);
                 n = ds4_indexer_topk(I + (size_t)i * nkv1, hi[i], topk, out, s);
                 if (win > 0) {   /* union with the window keys [jw, hi): drop top-k entries there, append the range */
                     const int jw = upper_bound(kpos, hi[i], (long)qpos[q0 + i] - win);

@@ -40,8 +40,9 @@ void ds4_indexer_scores(const float *q, const float *w, int Hi, int Di, const fl
 
 /* Indices of the top k of I [n] (ties to the lower index), in increasing
  * index order, into out [k]; n <= k: all of 0..n-1. Returns the count.
- * scratch: at least n floats. */
-int ds4_indexer_topk(const float *I, int n, int k, int *out, float *scratch);
+ * scratch: at least DS4_IDX_TOPK_SCRATCH(n) bytes. */
+#define DS4_IDX_TOPK_SCRATCH(n) (3 * (size_t)(n) * sizeof(float))
+int ds4_indexer_topk(const float *I, int n, int k, int *out, void *scratch);
 
 /* Key lists of nq queries (iq [nq, Hi*Di], iw [nq, Hi], positions qpos) over
  * one sequence's n_kv cached keys (kb blocked as above, positions kpos,
