@@ -509,6 +509,14 @@ static void test_prefill_decode(void **state) {
             assert_int_equal(kp->len[l][0], T0);
         }
     }
+    /* ds4_prune_eval over sequence 0 as one window: the same decisions as the prefill */
+    ds4_prune_counts pc[DS4_MAX_LAYERS];
+    assert_int_equal(ds4_prune_eval(m, ids, T0, T0, pc), 0);
+    for (int l = 0; l < L; l++) {
+        assert_int_equal(pc[l].kept, ds4_prune_ratio(&c, l) > 0 ? kp->len[l][0] : 0);
+        assert_int_equal(pc[l].tokens, ds4_prune_ratio(&c, l) > 0 ? T0 : 0);
+        assert_int_equal(pc[l].scored, ds4_prune_ratio(&c, l) > 0 ? T0 - 1 : 0);
+    }
     /* KV bytes: exactly the kept rows, and the cost model agrees given the keep fractions */
     size_t rows = 0;
     double keep[DS4_MAX_LAYERS];

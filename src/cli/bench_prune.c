@@ -198,27 +198,15 @@ typedef struct run_result {
  * counters of the causal rule (top-k membership known: whole windows). */
 static int eval_counters(const ds4_model *m, const int *val, size_t nval, int T, run_result *r) {
     const ds4_config *c = &m->cfg;
-    ds4_kv_cache *kv = ds4_kv_cache_create(c, 1, T);
-    int *seq = ds4_calloc((size_t)T, sizeof(int));
-    float *lg = ds4_malloc(sizeof(float) * c->vocab_size);
-    if (!kv || !seq || !lg) { ds4_kv_cache_free(kv); free(seq); free(lg); return -1; }
-    int last = T - 1, rc = 0;
-    for (size_t s = 0; s + (size_t)T <= nval && rc == 0; s += (size_t)T) {
-        ds4_kv_cache_reset_seq(kv, 0);
-        ds4_batch b = {.n = T, .tokens = val + s, .seq = seq};
-        rc = ds4_forward(m, &b, kv, &last, 1, lg);
-    }
+    if (ds4_prune_eval(m, val, nval, T, r->eval) != 0) return -1;
     int64_t scored = 0, agree = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        r->eval[l] = kv->prune[l];
-        r->keep[l] = kv->prune[l].tokens ? (double)kv->prune[l].kept / kv->prune[l].tokens : 1.0;
-        scored += kv->prune[l].scored;
-        agree += kv->prune[l].agree;
+        r->keep[l] = r->eval[l].tokens ? (double)r->eval[l].kept / r->eval[l].tokens : 1.0;
+        scored += r->eval[l].scored;
+        agree += r->eval[l].agree;
     }
     r->agree = scored ? (double)agree / scored : NAN;
-    ds4_kv_cache_free(kv);
-    free(seq); free(lg);
-    return rc;
+    return 0;
 }
 
 static int train_one(const prune_opts *o, const ds4_config *cfg, const int *train, size_t ntrain,

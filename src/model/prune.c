@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include "model/forward.h"
 #include "model/prune.h"
 #include "util/util.h"
 
@@ -80,6 +81,28 @@ void ds4_prune_count(ds4_prune_counts *pc, const float *r, const int *pos, const
         pc->scored++;
         pc->agree += (r[i] > 0.0f) == (topk[i] != 0);
     }
+}
+
+int ds4_prune_eval(const ds4_model *m, const int *ids, size_t n, int T, ds4_prune_counts *counts) {
+    const ds4_config *c = &m->cfg;
+    memset(counts, 0, sizeof *counts * (size_t)c->num_hidden_layers);
+    if (T <= 1 || n < 2) { ds4_set_error("prune eval: need a window of at least 2 tokens and 2 tokens"); return -1; }
+    ds4_kv_cache *kv = ds4_kv_cache_create(c, 1, T);
+    int *seq = ds4_calloc((size_t)T, sizeof(int));
+    float *lg = ds4_malloc(sizeof(float) * (size_t)c->vocab_size);
+    int rc = kv && seq && lg ? 0 : -1;
+    for (size_t s = 0; s + 1 < n && rc == 0; s += (size_t)T) {
+        const int len = (int)DS4_MIN((size_t)T, n - s), last = len - 1;
+        ds4_kv_cache_reset_seq(kv, 0);
+        ds4_batch b = {.n = len, .tokens = ids + s, .seq = seq};
+        rc = ds4_forward(m, &b, kv, &last, 1, lg);
+    }
+    if (rc == 0)
+        for (int l = 0; l < c->num_hidden_layers; l++) counts[l] = kv->prune[l];
+    ds4_kv_cache_free(kv);
+    free(seq);
+    free(lg);
+    return rc;
 }
 
 void ds4_prune_default_schedule(ds4_config *c, float max_ratio) {

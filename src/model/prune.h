@@ -5,6 +5,7 @@
 #ifndef DS4_PRUNE_H
 #define DS4_PRUNE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "model/model.h"
 
@@ -47,6 +48,13 @@ typedef struct ds4_prune_counts {
  * agreement not scored), kept [T] the decisions actually applied. */
 void ds4_prune_count(ds4_prune_counts *pc, const float *r, const int *pos, const unsigned char *topk,
                      const unsigned char *kept, int T);
+
+/* Inference-rule statistics of a model on a token stream: ids [n] in windows
+ * of T tokens, each fed from position 0 through ds4_forward (causal keep
+ * rule, sparse attention, exactly as deployed); per-layer counters into
+ * counts [num_hidden_layers] (zeroed first). Agreement with top-k
+ * membership is scored within each window. For `ds4 eval` and benchmarks. */
+int ds4_prune_eval(const ds4_model *m, const int *ids, size_t n, int T, ds4_prune_counts *counts);
 
 /* SPEC §1.3 default schedule: no pruning in the first half of the layers
  * (l < L/2), then a linear ramp reaching max_ratio in the last layer.
