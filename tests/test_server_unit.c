@@ -2,7 +2,9 @@
  * (UTF-8 cleaning as a WHATWG decoder does it, the chat template, histogram
  * buckets), and an in-process server on a loopback port exercised with the
  * ds4 HTTP client: plain and streamed completions against ds4_generate,
- * status codes, and a stop with a stream in flight (no hang, no leak). */
+ * status codes, a stop with a stream in flight (no hang, no leak), and
+ * /v1/videos through a stand-in video function (base64 checked against
+ * Python's). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -302,6 +304,102 @@ static void test_server_stop_in_flight(void **st) {
     assert_null(ds4_server_start(f->m, NULL, &o));
 }
 
+/* ---- /v1/videos through a caller's function ---------------------------------------- */
+typedef struct { int calls, fail, sleep_ms; ds4_server_video_req last; char prompt[64]; } fake_video;
+
+static int fake_video_fn(void *user, const ds4_server_video_req *r, ds4_server_video_out *out) {
+    fake_video *f = user;
+    f->calls++;
+    f->last = *r;
+    snprintf(f->prompt, sizeof f->prompt, "%s", r->prompt);      /* r->prompt dies with the request */
+    if (f->sleep_ms) usleep((useconds_t)f->sleep_ms * 1000);
+    if (f->fail) { ds4_set_error("fake failure"); return -1; }
+    static const unsigned char gif[] = "GIF89a\x00\xff";            /* 8 bytes, known base64 */
+    out->gif = malloc(8);
+    memcpy(out->gif, gif, 8);
+    out->gif_len = 8;
+    out->trajectories = strdup("{\"frames\":[{\"i\":0}],\"g\":9.8}");
+    out->n_frames = 24;
+    out->fps = 12;
+    return 0;
+}
+
+typedef struct { ds4_server *s; int status; } bg_video;
+static void *bg_video_req(void *arg) {
+    bg_video *b = arg;
+    const char *body = "{\"prompt\":\"slow\",\"seconds\":1}";
+    ds4_http_request("127.0.0.1", ds4_server_port(b->s), "POST", "/v1/videos", NULL, body, strlen(body),
+                     20.0, NULL, NULL, &b->status);
+    return NULL;
+}
+
+static void test_server_videos(void **st) {
+    fixture *f = *st;
+    fake_video fv = {0};
+    ds4_server_opts o;
+    ds4_server_opts_default(&o);
+    o.port = 0;
+    o.video = fake_video_fn;
+    o.video_user = &fv;
+    ds4_server *s = ds4_server_start(f->m, f->tok, &o);
+    assert_non_null(s);
+    sink k;
+    assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"a red ball\",\"seconds\":2,\"fps\":12,\"seed\":5,"
+                                            "\"temperature\":0.5,\"scale\":2}", NULL, &k), 200);
+    assert_int_equal(fv.calls, 1);
+    assert_string_equal(fv.prompt, "a red ball");
+    assert_true(fv.last.seconds == 2 && fv.last.fps == 12 && fv.last.seed == 5 && fv.last.scale == 2);
+    assert_true(fv.last.temperature == 0.5f);
+    cJSON *j = cJSON_Parse(k.b.p);
+    assert_non_null(j);
+    cJSON *d = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0);
+    assert_string_equal(cJSON_GetObjectItem(d, "b64_json")->valuestring, "R0lGODlhAP8=");   /* python base64 */
+    assert_string_equal(cJSON_GetObjectItem(d, "mime_type")->valuestring, "image/gif");
+    assert_true(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "trajectories"), "g")->valuedouble == 9.8);
+    assert_int_equal(cJSON_GetObjectItem(j, "n_frames")->valueint, 24);
+    cJSON_Delete(j);
+    free(k.b.p);
+    /* raw GIF bytes */
+    assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"x\",\"response_format\":\"gif\"}", NULL, &k), 200);
+    assert_int_equal(k.b.len, 8);
+    assert_memory_equal(k.b.p, "GIF89a\x00\xff", 8);
+    free(k.b.p);
+    /* bad requests never reach the function; its failure is a 500 */
+    int before = fv.calls;
+    const char *bad[] = {"{}", "{\"prompt\":3}", "{\"prompt\":\"x\",\"seconds\":0}", "{\"prompt\":\"x\",\"seconds\":61}",
+                         "{\"prompt\":\"x\",\"fps\":0}", "{\"prompt\":\"x\",\"response_format\":\"mp4\"}",
+                         "{\"prompt\":\"x\",\"scale\":9}", "{\"prompt\":\"x\",\"top_p\":0}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(post(s, "/v1/videos", bad[i], NULL, &k), 400);
+        free(k.b.p);
+    }
+    assert_int_equal(fv.calls, before);
+    fv.fail = 1;
+    assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"x\"}", NULL, &k), 500);
+    assert_non_null(strstr(k.b.p, "fake failure"));
+    free(k.b.p);
+    /* one at a time: a second request while one runs is 429 */
+    fv.fail = 0;
+    fv.sleep_ms = 400;
+    bg_video b = {.s = s};
+    pthread_t t;
+    pthread_create(&t, NULL, bg_video_req, &b);
+    for (int i = 0; i < 200 && fv.calls == before + 1; i++) usleep(5000);
+    usleep(50000);
+    assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"x\"}", NULL, &k), 429);
+    free(k.b.p);
+    pthread_join(t, NULL);
+    assert_int_equal(b.status, 200);
+    ds4_server_stop(s);
+    /* no function: 400 naming the missing video tokenizer */
+    o.video = NULL;
+    s = ds4_server_start(f->m, f->tok, &o);
+    assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"x\"}", NULL, &k), 400);
+    assert_non_null(strstr(k.b.p, "video tokenizer"));
+    free(k.b.p);
+    ds4_server_stop(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8_clean),
@@ -309,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_histogram),
         cmocka_unit_test_setup_teardown(test_server_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_server_stop_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_server_videos, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

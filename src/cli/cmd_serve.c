@@ -1,6 +1,8 @@
 /* cmd_serve.c — `ds4 serve`: load a model directory and run the
  * OpenAI-compatible HTTP server (src/server) until SIGINT/SIGTERM, then
- * finish in-flight requests for up to --grace seconds and cancel the rest. */
+ * finish in-flight requests for up to --grace seconds and cancel the rest.
+ * A model with a video tokenizer also gets /v1/videos (world model). */
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -11,6 +13,9 @@
 #include "cli/cli.h"
 #include "infer/infer.h"
 #include "server/server.h"
+#include "util/util.h"
+#include "world/world.h"
+#include "worldmodel/worldmodel.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -18,7 +23,8 @@ static void usage(FILE *f) {
         "OpenAI-compatible HTTP server with continuous batching. Endpoints:\n"
         "  GET  /health  /v1/models  /metrics (Prometheus)\n"
         "  POST /v1/completions  /v1/chat/completions (\"stream\": true for SSE)\n"
-        "  POST /tokenize  /detokenize  /v1/videos\n\n"
+        "  POST /tokenize  /detokenize\n"
+        "  POST /v1/videos  (a world model: its directory has video.safetensors)\n\n"
         "  --model DIR        model directory (config.json, model.safetensors, tokenizer.json)\n"
         "  --host ADDR        numeric address to listen on (default 127.0.0.1)\n"
         "  --port N           port, 0 = any free one (default 8080)\n"
@@ -51,6 +57,54 @@ static void log_line(const char *line, void *user) {
     pthread_mutex_lock(&log_mu);
     fprintf(stderr, "[%s] %s\n", ts, line);
     pthread_mutex_unlock(&log_mu);
+}
+
+/* POST /v1/videos through the world model: generate latent frames from the
+ * prompt, decode them, write the GIF and trajectories into a temporary folder
+ * with the world-model writer, hand the bytes to the server. */
+static int serve_video(void *user, const ds4_server_video_req *r, ds4_server_video_out *out) {
+    ds4_wm *w = user;
+    const ds4_wm_layout *L = &w->L;
+    long nf = lround(r->seconds * L->fps);
+    int n_frames = nf < 1 ? 1 : (int)nf;
+    int n_lat = (n_frames + L->tubelet - 1) / L->tubelet, rc = -1;
+    int32_t *codes = ds4_malloc((size_t)n_lat * L->cpf * sizeof *codes);              /* [n_lat, cpf] */
+    uint8_t *rgb = ds4_malloc((size_t)n_lat * L->tubelet * L->height * L->width * 3);  /* [T, H, W, 3] */
+    char dir[64] = "", gif[128], json[128];
+    size_t n;
+    if (!codes || !rgb) goto out;
+    ds4_wm_gen_params gp;
+    ds4_wm_gen_params_default(&gp);
+    gp.sampler.temperature = r->temperature;
+    gp.sampler.top_p = r->top_p;
+    gp.sampler.top_k = r->top_k;
+    gp.sampler.seed = r->seed;
+    if (ds4_sampler_params_validate(&gp.sampler)) goto out;
+    ds4_wm_request rq = {.caption = r->prompt, .n_new = n_lat, .seed = r->seed, .out = codes};
+    if (ds4_wm_generate(w, &rq, 1, &gp, NULL) || ds4_wm_decode(w, codes, n_lat, rgb)) goto out;
+    snprintf(dir, sizeof dir, "/tmp/ds4_serve_video_XXXXXX");
+    if (!mkdtemp(dir)) { dir[0] = 0; ds4_set_error("video: cannot make a temporary folder"); goto out; }
+    snprintf(gif, sizeof gif, "%s/clip.gif", dir);
+    snprintf(json, sizeof json, "%s/clip.json", dir);
+    ds4_wm_output oo = {.gif = gif, .json = json, .scale = r->scale, .fps = r->fps};
+    ds4_wm_output_info info;
+    if (ds4_wm_write_clip(&oo, rgb, n_frames, L->width, L->height, L->fps, L->width / DS4_WORLD_WIDTH_M, 0,
+                          r->prompt, &info))
+        goto out;
+    if (ds4_read_file(gif, (char **)&out->gif, &out->gif_len) || ds4_read_file(json, &out->trajectories, &n))
+        goto out;
+    out->n_frames = info.n_frames;
+    out->fps = info.fps;
+    rc = 0;
+out:
+    if (dir[0]) {
+        unlink(gif);
+        unlink(json);
+        rmdir(dir);
+    }
+    free(codes);
+    free(rgb);
+    return rc;
 }
 
 /* The last path component of dir (without trailing slashes) into out. */
@@ -131,9 +185,21 @@ int cmd_serve(int argc, char **argv) {
     ds4_model *m;
     ds4_tokenizer *tok;
     if (ds4_open_model_dir(model_dir, &m, &tok)) return cli_fail(cmd);
+    /* a model with a video tokenizer also answers /v1/videos */
+    ds4_wm *wm = NULL;
+    char vpath[4200];
+    snprintf(vpath, sizeof vpath, "%s/video.safetensors", model_dir);
+    if (m->cfg.video.enabled && ds4_file_exists(vpath)) {
+        if (!(wm = ds4_wm_open(model_dir)))
+            fprintf(stderr, "ds4 %s: /v1/videos is off: %s\n", cmd, ds4_error());
+        o.video = serve_video;
+        o.video_user = wm;
+        if (!wm) o.video = NULL;
+    }
     ds4_server *s = ds4_server_start(m, tok, &o);
     if (!s) {
         cli_fail(cmd);
+        ds4_wm_free(wm);
         ds4_tokenizer_free(tok);
         ds4_model_free(m);
         return 1;
@@ -145,6 +211,8 @@ int cmd_serve(int argc, char **argv) {
            o.model_name, ds4_model_n_params(m) / 1e6, ds4_server_slots(s), ds4_server_capacity(s),
            kv / 1048576.0);
     int v6 = strchr(o.host, ':') != NULL;
+    if (wm) printf("ds4 serve: /v1/videos on (%dx%d at %d fps, video tokenizer in %s)\n",
+                   wm->L.width, wm->L.height, wm->L.fps, model_dir);
     printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", o.host, v6 ? "]" : "", ds4_server_port(s));
     fflush(stdout);
 
@@ -164,6 +232,7 @@ int cmd_serve(int argc, char **argv) {
     int left = ds4_server_busy(s);
     ds4_server_stop(s);
     fprintf(stderr, "ds4 serve: stopped (%d request%s cancelled)\n", left, left == 1 ? "" : "s");
+    ds4_wm_free(wm);
     ds4_tokenizer_free(tok);
     ds4_model_free(m);
     return 0;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "server/internal.h"
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -599,32 +600,102 @@ out:
     return rc;
 }
 
-int api_videos(ds4_server *s, const char *body, size_t len, char **out, api_error *e) {
-    (void)out;
+static char *base64(const unsigned char *p, size_t n) {
+    static const char A[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((n + 2) / 3 * 4 + 1);
+    if (!out) return NULL;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+        out[k++] = A[v >> 18 & 63];
+        out[k++] = A[v >> 12 & 63];
+        out[k++] = i + 1 < n ? A[v >> 6 & 63] : '=';
+        out[k++] = i + 2 < n ? A[v & 63] : '=';
+    }
+    out[k] = 0;
+    return out;
+}
+
+int api_videos(ds4_server *s, const char *body, size_t len, char **out, size_t *out_len,
+               const char **ctype, api_error *e) {
     cJSON *root = api_parse_object(body, len, e);
     if (!root) return -1;
+    int rc = -1;
     const char *prompt = NULL, *fmt = NULL;
-    double seconds = 10;
-    long long fps = 24;
+    double seconds = 10, temp = 1, top_p = 1;
+    long long fps = 0, scale = 4, top_k = 0, seed = 42;
+    ds4_server_video_out vo = {0};
     if (check_model(s, root, e) || opt_string(root, "prompt", &prompt, e) ||
         opt_num(root, "seconds", 0, 60, &seconds, e) || opt_int(root, "fps", 1, 60, &fps, e) ||
-        opt_string(root, "response_format", &fmt, e))
+        opt_string(root, "response_format", &fmt, e) || opt_int(root, "scale", 1, 8, &scale, e) ||
+        opt_num(root, "temperature", 0, 1000, &temp, e) || opt_num(root, "top_p", 0, 1, &top_p, e) ||
+        opt_int(root, "top_k", 0, 1 << 30, &top_k, e) || opt_int(root, "seed", -9.2e18, 9.2e18, &seed, e))
         goto out;
     if (!prompt) { api_err(e, 400, "invalid_request_error", NULL, "prompt", "'prompt' (a string) is required"); goto out; }
     if (seconds <= 0) { api_err(e, 400, "invalid_request_error", NULL, "seconds", "'seconds' must be > 0"); goto out; }
+    if (top_p <= 0) { api_err(e, 400, "invalid_request_error", NULL, "top_p", "'top_p' must be in (0, 1]"); goto out; }
     if (fmt && strcmp(fmt, "gif") && strcmp(fmt, "b64_json")) {
         api_err(e, 400, "invalid_request_error", NULL, "response_format",
                 "'response_format' must be \"gif\" or \"b64_json\"");
         goto out;
     }
-    if (!s->m->cfg.video.enabled)
-        api_err(e, 400, "invalid_request_error", "video_not_supported", NULL,
-                "the model '%.200s' has no video tokenizer (its config.json has no \"video\" "
-                "section), so it cannot generate videos", s->model_name);
-    else
-        api_err(e, 400, "invalid_request_error", "video_not_supported", NULL,
-                "video generation needs the ds4 world model, which this build does not have yet");
+    if (!s->o.video) {
+        if (!s->m->cfg.video.enabled)
+            api_err(e, 400, "invalid_request_error", "video_not_supported", NULL,
+                    "the model '%.200s' has no video tokenizer (its config.json has no \"video\" "
+                    "section), so it cannot generate videos", s->model_name);
+        else
+            api_err(e, 400, "invalid_request_error", "video_not_supported", NULL,
+                    "the model '%.200s' has a \"video\" section but no world model could be opened "
+                    "from its directory (video.safetensors, worldmodel.json)", s->model_name);
+        goto out;
+    }
+    if (pthread_mutex_trylock(&s->video_mu) != 0) {
+        api_err(e, 429, "rate_limit_error", "video_busy", NULL,
+                "a video is being generated (one at a time); retry later");
+        goto out;
+    }
+    ds4_server_video_req rq = {.prompt = prompt, .seconds = seconds, .fps = (int)fps, .scale = (int)scale,
+                               .temperature = (float)temp, .top_p = (float)top_p, .top_k = (int)top_k,
+                               .seed = (uint64_t)seed};
+    int vr = s->o.video(s->o.video_user, &rq, &vo);
+    pthread_mutex_unlock(&s->video_mu);
+    if (vr != 0 || !vo.gif) {
+        api_err(e, 500, "server_error", NULL, NULL, "video generation failed: %s", ds4_error());
+        goto out;
+    }
+    if (fmt && !strcmp(fmt, "gif")) {
+        *out = (char *)vo.gif;
+        *out_len = vo.gif_len;
+        *ctype = "image/gif";
+        vo.gif = NULL;
+        rc = 0;
+        goto out;
+    }
+    char *b64 = base64(vo.gif, vo.gif_len);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "video");
+    cJSON_AddNumberToObject(o, "created", (double)time(NULL));
+    cJSON_AddStringToObject(o, "model", s->model_name);
+    cJSON_AddNumberToObject(o, "seconds", seconds);
+    cJSON_AddNumberToObject(o, "fps", vo.fps);
+    cJSON_AddNumberToObject(o, "n_frames", vo.n_frames);
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "mime_type", "image/gif");
+    cJSON_AddStringToObject(d, "b64_json", b64 ? b64 : "");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(o, "data"), d);
+    cJSON *tr = vo.trajectories ? cJSON_Parse(vo.trajectories) : NULL;
+    if (tr) cJSON_AddItemToObject(o, "trajectories", tr);
+    else cJSON_AddNullToObject(o, "trajectories");
+    free(b64);
+    *out = print_free(o);
+    if (!b64 || !*out) { free(*out); *out = NULL; api_err(e, 500, "server_error", NULL, NULL, "out of memory"); goto out; }
+    *out_len = strlen(*out);
+    *ctype = "application/json";
+    rc = 0;
 out:
+    free(vo.gif);
+    free(vo.trajectories);
     cJSON_Delete(root);
-    return -1;
+    return rc;
 }

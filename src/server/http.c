@@ -70,16 +70,26 @@ static int ep_is_post(int ep) {
            ep == EP_VIDEOS;
 }
 
+static enum MHD_Result respond_n(ds4_server *s, struct MHD_Connection *c, conn_ctx *cc, int status,
+                                 const char *ctype, char *body, size_t len);
+
 static enum MHD_Result respond(ds4_server *s, struct MHD_Connection *c, conn_ctx *cc, int status,
                                const char *ctype, char *body) {
+    return respond_n(s, c, cc, status, ctype, body, body ? strlen(body) : 0);
+}
+
+/* Queue body [len] (malloc'd, taken) with a status; NULL body: a 500. */
+static enum MHD_Result respond_n(ds4_server *s, struct MHD_Connection *c, conn_ctx *cc, int status,
+                                 const char *ctype, char *body, size_t len) {
     if (!body) {
         status = 500;
         body = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
                       "\"param\":null,\"code\":null}}");
         if (!body) return MHD_NO;
         ctype = "application/json";
+        len = strlen(body);
     }
-    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!r) { free(body); return MHD_NO; }
     MHD_add_response_header(r, "Content-Type", ctype);
     if (status == 401) MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
@@ -316,9 +326,12 @@ static enum MHD_Result dispatch(ds4_server *s, struct MHD_Connection *c, conn_ct
     case EP_DETOKENIZE:
         if (api_detokenize(s, cc->body, cc->len, &out, &e)) return respond_error(s, c, cc, &e);
         return respond_json(s, c, cc, 200, out);
-    case EP_VIDEOS:
-        if (api_videos(s, cc->body, cc->len, &out, &e)) return respond_error(s, c, cc, &e);
-        return respond_json(s, c, cc, 200, out);
+    case EP_VIDEOS: {
+        size_t n = 0;
+        const char *ctype = "application/json";
+        if (api_videos(s, cc->body, cc->len, &out, &n, &ctype, &e)) return respond_error(s, c, cc, &e);
+        return respond_n(s, c, cc, 200, ctype, out, n);
+    }
     }
     return MHD_NO;
 }
@@ -465,6 +478,7 @@ ds4_server *ds4_server_start(const ds4_model *m, const ds4_tokenizer *tok, const
     s->model_name = strdup(o->model_name && o->model_name[0] ? o->model_name : "ds4");
     s->created = (long)time(NULL);
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->video_mu, NULL);
     pthread_cond_init(&s->engine_cv, NULL);
     srv_metrics_init(&s->met);
     if (!s->host || !s->model_name || (o->api_key && o->api_key[0] && !s->api_key)) {
@@ -547,6 +561,7 @@ void ds4_server_stop(ds4_server *s) {
     free(s->active); free(s->seqs); free(s->before);
     pthread_cond_destroy(&s->engine_cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->video_mu);
     free(s->host); free(s->api_key); free(s->model_name);
     free(s);
 }

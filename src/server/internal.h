@@ -116,6 +116,7 @@ struct ds4_server {
     int    engine_started;
     pthread_mutex_t mu;
     pthread_cond_t engine_cv;                  /* work arrived or cancel/stop */
+    pthread_mutex_t video_mu;                  /* one video generation at a time */
     srv_job *q_head, *q_tail;
     int    q_len, n_active;
     int    draining, stopping;
@@ -157,7 +158,9 @@ const char *api_finish_reason(int finish);
 char *api_models_json(ds4_server *s, const char *only);   /* only: one model or NULL */
 int   api_tokenize(ds4_server *s, const char *body, size_t len, char **out, api_error *e);
 int   api_detokenize(ds4_server *s, const char *body, size_t len, char **out, api_error *e);
-int   api_videos(ds4_server *s, const char *body, size_t len, char **out, api_error *e);
+/* out: JSON (b64_json, default) or the GIF bytes (response_format "gif"). */
+int   api_videos(ds4_server *s, const char *body, size_t len, char **out, size_t *out_len,
+                 const char **ctype, api_error *e);
 
 /* chat.c */
 #define SRV_CHAT_STOP "\n<|"

@@ -6,6 +6,7 @@
 #define DS4_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "ds4.h"
 #include "model/model.h"
 
@@ -13,6 +14,29 @@ typedef struct ds4_server ds4_server;
 
 /* Called with one log line (no trailing newline) from any server thread. */
 typedef void (*ds4_server_log_fn)(const char *line, void *user);
+
+/* POST /v1/videos is answered by a function the caller provides (the CLI
+ * wires the world model), so the server does not depend on it. Called from
+ * an HTTP thread, one request at a time; returns 0 with out filled (malloc'd
+ * buffers, freed by the server) or -1 after ds4_set_error. */
+typedef struct ds4_server_video_req {
+    const char *prompt;
+    double   seconds;         /* (0, 60] */
+    int      fps;             /* output frame rate, 0 = the model's */
+    int      scale;           /* GIF pixel upscale, 1..8 */
+    float    temperature, top_p;
+    int      top_k;
+    uint64_t seed;
+} ds4_server_video_req;
+
+typedef struct ds4_server_video_out {
+    unsigned char *gif;       /* [gif_len] animated GIF */
+    size_t   gif_len;
+    char    *trajectories;    /* JSON text: balls per frame, bounces, fitted g */
+    int      n_frames, fps;
+} ds4_server_video_out;
+
+typedef int (*ds4_server_video_fn)(void *user, const ds4_server_video_req *r, ds4_server_video_out *out);
 
 typedef struct ds4_server_opts {
     const char *host;         /* numeric IPv4/IPv6 address or "localhost" (default "127.0.0.1") */
@@ -27,6 +51,8 @@ typedef struct ds4_server_opts {
     size_t max_body;          /* request body limit in bytes before 413 (default 1 MiB) */
     int    max_connections;   /* open connections (default 512) */
     int    throttle_ms;       /* sleep after each engine step: a testing aid (default 0) */
+    ds4_server_video_fn video;   /* NULL: /v1/videos answers 400 */
+    void  *video_user;
     ds4_server_log_fn log;    /* NULL: silent */
     void  *log_user;
 } ds4_server_opts;
