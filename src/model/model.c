@@ -5,8 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/quantized.h"
 #include "util/util.h"
 
 /* ---- layout ------------------------------------------------------------- */
@@ -161,6 +165,26 @@ static ds4_model *model_alloc(const ds4_config *c) {
     return m;
 }
 
+ds4_model *ds4_model_alloc_lazy(const ds4_config *c) {
+    if (ds4_config_validate(c) != 0) return NULL;
+    ds4_model *m = ds4_calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->cfg = *c;
+    if (ds4_layout_build(&m->layout, c) != 0) { free(m); return NULL; }
+    size_t len = (m->layout.n_floats * sizeof(float) + 4095) & ~(size_t)4095;
+    void *p = mmap(NULL, len ? len : 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        ds4_set_error("out of memory mapping %zu bytes of parameters", len);
+        ds4_layout_free(&m->layout);
+        free(m);
+        return NULL;
+    }
+    m->params = p;
+    m->params_mmap_len = len ? len : 4096;
+    ds4_weights_bind(&m->w, c, &m->layout, m->params);
+    return m;
+}
+
 static int is_residual_out(const char *name) {
     return strstr(name, "o_proj") || strstr(name, "down_proj");
 }
@@ -184,7 +208,9 @@ ds4_model *ds4_model_create(const ds4_config *c, uint64_t seed) {
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
-    free(m->params);
+    ds4_qweights_free(m->quant);
+    if (m->params_mmap_len) munmap(m->params, m->params_mmap_len);
+    else free(m->params);
     ds4_layout_free(&m->layout);
     free(m);
 }
@@ -212,6 +238,7 @@ size_t ds4_model_n_active_params(const ds4_model *m) {
 /* ---- save / load -------------------------------------------------------- */
 
 int ds4_model_save(const ds4_model *m, const char *dir) {
+    if (m->quant) return ds4_model_save_quantized(m, dir);
     if (ds4_mkdir_p(dir) != 0) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -264,13 +291,21 @@ static int load_tensor(float *dst, const ds4_st_tensor *st, const ds4_tensor_inf
 ds4_model *ds4_model_load(const char *dir) {
     char path[4096];
     ds4_config c;
+    struct stat sb;
+    if (stat(dir, &sb) == 0 && S_ISREG(sb.st_mode) && ds4_gguf_is_gguf(dir)) return ds4_model_load_gguf(dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (ds4_config_load(&c, path) != 0) return NULL;
-    ds4_model *m = model_alloc(&c);
-    if (!m) { ds4_error_prefix("%s", path); return NULL; }
+    char cpath[4096];
+    snprintf(cpath, sizeof cpath, "%s", path);
+    if (ds4_config_validate(&c) != 0) { ds4_error_prefix("%s", cpath); return NULL; }
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     ds4_safetensors st;
-    if (ds4_st_open(&st, path) != 0) { ds4_model_free(m); return NULL; }
+    if (ds4_st_open(&st, path) != 0) return NULL;
+    if (ds4_st_is_quantized(&st)) {          /* blocks stay in the mapping */
+        return ds4_model_load_quantized(&c, &st, path);
+    }
+    ds4_model *m = model_alloc(&c);
+    if (!m) { ds4_error_prefix("%s", cpath); ds4_st_close(&st); return NULL; }
     for (int i = 0; i < m->layout.n_tensors; i++) {
         const ds4_tensor_info *t = &m->layout.tensors[i];
         const ds4_st_tensor *s = ds4_st_find(&st, t->name);

@@ -77,12 +77,20 @@ struct ds4_model {
     ds4_weights w;
     void       *mapping;             /* mmap of model.safetensors when loaded read-only, else NULL */
     size_t      mapping_len;
+    /* quantized weights (model/quantized.h): per-tensor blocks that
+     * ds4_linear uses instead of params; NULL for an fp32 model */
+    struct ds4_qweights *quant;
+    size_t      params_mmap_len;     /* params is an anonymous mmap of this size (0: malloc'd) */
 };
 typedef struct ds4_model ds4_model;
 
+/* A model whose params are an anonymous mmap: pages never written (the fp32
+ * storage of quantized tensors) are never resident. */
+ds4_model *ds4_model_alloc_lazy(const ds4_config *c);
 /* Random init (normal std 0.02, residual projections scaled 1/sqrt(2L), norms 1). */
 ds4_model *ds4_model_create(const ds4_config *c, uint64_t seed);
-/* Load DIR/config.json + DIR/model.safetensors. */
+/* Load DIR/config.json + DIR/model.safetensors (fp32 or quantized, see
+ * model/quantized.h), or a GGUF file when the path is one. */
 ds4_model *ds4_model_load(const char *dir);
 /* Save DIR/config.json + DIR/model.safetensors atomically. */
 int  ds4_model_save(const ds4_model *m, const char *dir);

@@ -1,0 +1,71 @@
+/* linear.c — ds4_linear: find the tensor a weight pointer belongs to (binary
+ * search over the layout's offsets), then run the quantized kernel on its
+ * blocks or the fp32 matmul; the LoRA slot is marked below. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/kernels.h"
+#include "model/linear.h"
+#include "model/quantized.h"
+#include "util/util.h"
+
+int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata) {
+    *qdata = NULL;
+    if (!m || !m->quant || !m->params) return DS4_Q_F32;
+    uintptr_t base = (uintptr_t)m->params, p = (uintptr_t)w;
+    if (p < base || p >= base + m->layout.n_floats * sizeof(float)) return DS4_Q_F32;
+    size_t off = (size_t)(p - base) / sizeof(float);
+    const ds4_tensor_info *ts = m->layout.tensors;
+    int lo = 0, hi = m->layout.n_tensors - 1;      /* last tensor with offset <= off */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ts[mid].offset <= off) lo = mid; else hi = mid - 1;
+    }
+    const ds4_tensor_info *t = &ts[lo];
+    const ds4_qtensor *q = &m->quant->t[lo];
+    if (q->type == DS4_Q_F32 || t->ndim != 2 || t->shape[1] != in) return DS4_Q_F32;
+    size_t rel = off - t->offset;
+    if (rel % (size_t)in) return DS4_Q_F32;                 /* not a row start */
+    size_t row0 = rel / (size_t)in;
+    if (row0 + (size_t)out > (size_t)t->shape[0]) return DS4_Q_F32;
+    *qdata = (const char *)q->data + row0 * q->row_bytes;
+    return q->type;
+}
+
+/* Per-thread scratch for acc = 1 with quantized weights. */
+static _Thread_local float *tl_buf;
+static _Thread_local size_t tl_cap;
+
+void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out, int acc) {
+    const void *qw;
+    int qt = ds4_linear_lookup(m, w, in, out, &qw);
+    if (qt == DS4_Q_F32) {
+        ds4_matmul(y, x, w, n, in, out, acc);
+    } else if (!acc) {
+        ds4_q_matmul((ds4_qtype)qt, y, x, qw, n, in, out);
+    } else {
+        size_t need = (size_t)n * (size_t)out;
+        if (need > tl_cap) {
+            free(tl_buf);
+            tl_cap = need + need / 2 + 64;
+            tl_buf = malloc(tl_cap * sizeof(float));
+            if (!tl_buf) tl_cap = 0;
+        }
+        if (tl_buf) {
+            ds4_q_matmul((ds4_qtype)qt, tl_buf, x, qw, n, in, out);
+            for (size_t i = 0; i < need; i++) y[i] += tl_buf[i];
+        } else {                      /* out of memory: chunks on the stack */
+            float tmp[256];
+            size_t rb = ds4_q_row_bytes((ds4_qtype)qt, in);
+            for (int r = 0; r < n; r++)
+                for (int o0 = 0; o0 < out; o0 += 256) {
+                    int k = DS4_MIN(256, out - o0);
+                    ds4_q_matmul((ds4_qtype)qt, tmp, x + (size_t)r * in, (const char *)qw + (size_t)o0 * rb, 1, in, k);
+                    for (int i = 0; i < k; i++) y[(size_t)r * out + o0 + i] += tmp[i];
+                }
+        }
+    }
+    /* ---- LoRA slot ---------------------------------------------------------
+     * Adapters go here: when m holds an adapter (A [r, in], B [out, r], scale)
+     * for the tensor w belongs to, add y += scale * (x A^T) B^T. */
+}

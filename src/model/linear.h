@@ -1,0 +1,19 @@
+/* linear.h — every weight matmul of the model forward goes through
+ * ds4_linear: fp32 weights use ds4_matmul, a quantized copy (m->quant) uses
+ * the int8 kernels, and the LoRA slot adds low-rank adapters. */
+#ifndef DS4_MODEL_LINEAR_H
+#define DS4_MODEL_LINEAR_H
+
+#include <stddef.h>
+#include "model/model.h"
+
+/* y[n, out] (+)= x[n, in] @ w[out, in]^T. w points into m->params (a whole
+ * tensor or a run of its rows); m may be NULL or w may point elsewhere, and
+ * then this is exactly ds4_matmul. acc: y += instead of y =. */
+void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out, int acc);
+
+/* The quantized copy of w (rows starting at w): its ds4_qtype and the first
+ * row's blocks; DS4_Q_F32 / NULL when w is used in fp32. */
+int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata);
+
+#endif
