@@ -12,13 +12,14 @@ static const bench_entry BENCHES[] = {
     {"prune",  bench_prune,  "sparse attention + token pruning study: val loss, agreement, FLOPs, wall time, memory"},
     {"moe",    bench_moe,    "hierarchical MoE study: balance, communication, MoE layer vs dense"},
     {"serve",  bench_serve,  "ds4 serve under 1/8/32/64 loopback streams: tokens/s, TTFT, errors, RSS"},
+    {"world",  bench_world,  "world model physics vs the simulator: continuation, baselines, text-to-video"},
 };
 
 static void help(void) {
     printf("usage: ds4 bench <what> [options]   (ds4 bench <what> --help)\n\n");
     for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
         printf("  %-8s %s\n", BENCHES[i].name, BENCHES[i].summary);
-    printf("\nNot implemented yet: world, quant.\n");
+    printf("\nNot implemented yet: quant.\n");
 }
 
 int cmd_bench(int argc, char **argv) {

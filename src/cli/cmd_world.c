@@ -1,11 +1,12 @@
 /* cmd_world.c — `ds4 world`: the physics world of SPEC §3. gen writes a
  * dataset split (shards + JSON Lines), render writes one clip for a person to
- * look at, show replays a dataset clip, check validates a dataset; eval (needs
- * the world model) is not implemented yet. */
+ * look at, show replays a dataset clip, check validates a dataset; eval
+ * measures a world model against the simulator (bench_world.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "cli/bench.h"
 #include "cli/cli.h"
 #include "ds4.h"
 #include "util/util.h"
@@ -23,7 +24,8 @@ static void world_usage(FILE *f) {
         "          one clip of a seed as an animated GIF (and PNG frames, MP4, annotation JSON)\n"
         "  show    --shard FILE --clip K --out clip.gif [--scale 4]   replay a clip of a shard\n"
         "  check   --data DIR [--split train]   verify every shard CRC and annotation line\n"
-        "  eval    physics evaluation of a world model (not implemented yet)\n");
+        "  eval    --model DIR [--data DIR] [--clips 32] [--given 12] [--horizon 48] [--json FILE]\n"
+        "          physics of a world model's continuations vs the simulator, baselines, text-to-video\n");
 }
 
 typedef struct { double t0, last; } progress_state;
@@ -232,10 +234,7 @@ int cmd_world(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    if (!strcmp(sub, "eval")) {
-        fprintf(stderr, "ds4 world eval: not implemented yet\n");
-        return 1;
-    }
+    if (!strcmp(sub, "eval")) return world_eval(argc - 1, argv + 1);   /* bench_world.c */
     world_opts o = {.seed = 0, .width = 64, .height = 64, .fps = 24, .seconds = 10.0, .scale = 4,
                     .split = "train", .shard_clips = 64};
     int rc = parse_opts(argc - 1, argv + 1, &o);

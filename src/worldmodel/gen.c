@@ -186,7 +186,7 @@ int ds4_wm_generate(const ds4_wm *w, ds4_wm_request *req, int n, const ds4_wm_ge
         s->n_prefix = (int)nc + 2;
         free(cap);
         if (s->n_prefix > max_prefix) max_prefix = s->n_prefix;
-        if (r->n_given) memcpy(r->out, r->given, (size_t)r->n_given * L->cpf * sizeof *r->out);
+        if (r->n_given && r->out != r->given) memmove(r->out, r->given, (size_t)r->n_given * L->cpf * sizeof *r->out);
         for (size_t k = 0; k < (size_t)r->n_given * L->cpf; k++)
             if (r->out[k] < 0 || r->out[k] >= L->n_codes) {
                 ds4_set_error("video generation: request %d: given code %d out of range", i, (int)r->out[k]);

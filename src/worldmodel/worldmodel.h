@@ -328,7 +328,7 @@ typedef struct ds4_wm_method_result {
     double bounce_dt_mean;                    /* frames, over paired bounces */
     long   bounce_ref, bounce_pred;
     double g_within15;                        /* clips with a fit within 15% of the true g / clips with a reference fit */
-    double g_rel_median;                      /* median |g_fit - g| / g */
+    double g_rel_median;                      /* median |g_fit - g| / g over clips with a reference fit (no fit: inf) */
     int    g_clips, g_fitted;                 /* clips with a reference fit, of those with a prediction fit */
     double count_acc, count_abs_mean;         /* frames with the right blob count; mean |error| */
     double fvd_proxy;
