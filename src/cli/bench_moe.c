@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "cli/bench.h"
 #include "cli/cli.h"
 #include "kernels/kernels.h"
@@ -19,6 +20,7 @@
 typedef struct moe_opts {
     const char *data, *val, *tokenizer;
     const char *runs;        /* subset of "abc" */
+    const char *save;        /* directory for the trained models (DIR/a, DIR/b, DIR/c) or NULL */
     long vocab, hidden, layers, experts, groups, topk_group, topk_per_group, moe_inter, plain_k;
     long steps, batch, seq, eval_tokens, seed, route_tokens, layer_tokens, elem_bytes;
     double lr, bias_rate, aux_alpha;
@@ -39,7 +41,7 @@ static void opts_defaults(moe_opts *o) {
     o->topk_per_group = 2;
     o->moe_inter = 64;
     o->plain_k = 0;          /* 0: the hierarchical k */
-    o->steps = 150;
+    o->steps = 300;
     o->batch = 16;
     o->seq = 128;
     o->eval_tokens = 1 << 17;
@@ -48,7 +50,7 @@ static void opts_defaults(moe_opts *o) {
     o->layer_tokens = 2048;
     o->elem_bytes = 2;
     o->lr = 3e-3;
-    o->bias_rate = 1e-3;
+    o->bias_rate = 3e-3;
     o->aux_alpha = 0.01;
     o->do_study = o->do_routing = o->do_layer = 1;
 }
@@ -70,13 +72,16 @@ static void help(void) {
            "  --hidden D [128]  --layers L [3, the first dense]  --moe-inter Fm [64]\n"
            "  --experts E [64]  --groups G [16]  --topk-group [2]  --topk-per-group [2]\n"
            "  --plain-k K          experts per token of runs (a), (b) [= topk_group x topk_per_group]\n"
-           "  --steps N [150]  --batch B [16]  --seq T [128]  --lr X [3e-3]  --seed S [1]\n"
-           "  --bias-rate U [1e-3]  --aux-alpha A [0.01]  --eval-tokens N [131072, capped by --val]\n"
+           "  --steps N [300]  --batch B [16]  --seq T [128]  --lr X [3e-3]  --seed S [1]\n"
+           "  --bias-rate U [3e-3]  --aux-alpha A [0.01]  --eval-tokens N [131072, capped by --val]\n"
            "  --runs abc           which of the three runs to train [abc]\n"
+           "  --save DIR           keep the trained models as DIR/a, DIR/b, DIR/c (with tokenizer.json),\n"
+           "                       e.g. for ds4 moe-report --model DIR/c --png\n"
            "  --elem-bytes N       bytes per activation element on the wire [2: bf16]\n"
            "routing / layer options:\n"
            "  --route-tokens N [4096]   --layer-tokens N [2048] (layer: D = --hidden x 4)\n"
-           "Threads: OMP_NUM_THREADS.\n");
+           "Threads: OMP_NUM_THREADS. OMP_WAIT_POLICY defaults to PASSIVE here (spinning workers\n"
+           "starve OpenBLAS's threads on a shared machine).\n");
 }
 
 /* ---- shared helpers ------------------------------------------------------ */
@@ -244,6 +249,11 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
     res->rep.ranks[1] = 8;
     if (ds4_moe_measure(m, val, DS4_MIN(nval, (size_t)o->eval_tokens), T, &res->rep) != 0) goto out;
     res->val_loss = res->rep.loss;
+    if (o->save) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s/%c", o->save, 'a' + run);
+        if (ds4_model_save(m, dir) != 0) goto out;
+    }
     pool_report(&res->rep, &res->st);
     rc = 0;
 out:
@@ -278,6 +288,14 @@ static int run_study(const moe_opts *o) {
         free(text);
     }
     if (!tok) return cli_fail("bench moe");
+    for (int r = 0; r < N_RUNS && o->save; r++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%c", o->save, 'a' + r);
+        if (!strchr(o->runs, 'a' + r)) continue;
+        if (ds4_mkdir_p(path) != 0) { ds4_tokenizer_free(tok); return cli_fail("bench moe"); }
+        snprintf(path, sizeof path, "%s/%c/tokenizer.json", o->save, 'a' + r);
+        if (ds4_tokenizer_save(tok, path) != 0) { ds4_tokenizer_free(tok); return cli_fail("bench moe"); }
+    }
     if (tokenize_file(tok, o->data, &train, &ntrain) != 0 || tokenize_file(tok, o->val, &val, &nval) != 0) {
         ds4_tokenizer_free(tok);
         return cli_fail("bench moe");
@@ -601,6 +619,22 @@ static int run_layer(const moe_opts *o) {
 }
 
 int bench_moe(int argc, char **argv) {
+    /* OpenMP workers spinning between parallel regions take the cores from
+     * OpenBLAS's threads and from everything else on a shared machine: a
+     * training step of the study ran 2.5x slower with the default policy on
+     * 2 loaded cores. libgomp reads OMP_WAIT_POLICY when it loads, so set it
+     * and start again (as ds4 serve does). */
+    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
+        char **args = calloc((size_t)argc + 3, sizeof *args);
+        if (args) {
+            args[0] = "ds4";
+            args[1] = "bench";
+            for (int i = 0; i < argc; i++) args[i + 2] = argv[i];
+            fflush(NULL);
+            execv("/proc/self/exe", args);
+            free(args);
+        }
+    }
     moe_opts o;
     opts_defaults(&o);
     int only = 0;
@@ -645,6 +679,7 @@ int bench_moe(int argc, char **argv) {
         else if (!strcmp(a, "--val")) o.val = v;
         else if (!strcmp(a, "--tokenizer")) o.tokenizer = v;
         else if (!strcmp(a, "--runs")) o.runs = v;
+        else if (!strcmp(a, "--save")) o.save = v;
         else return cli_unknown("bench moe", a);
     }
     int rc = 0;
