@@ -41,7 +41,7 @@ typedef struct prune_opts {
     const char *data, *val, *tokenizer, *work;
     long vocab, hidden, layers, heads, head_dim, ffn;
     long steps, batch, seq, seed, eval_tokens, indexer_warmup;
-    double lr, ratios[N_RUNS - 1], loss_weight;
+    double lr, ratios[N_RUNS - 1], loss_weight, price;
     long index_topk, index_heads, index_dim, window;
     long ctx[MAX_CTX], n_ctx, decode;
     long attn_ctx[MAX_CTX], n_attn_ctx, attn_heads, attn_kv_heads, attn_head_dim, attn_topk, attn_idx_heads,
@@ -115,7 +115,10 @@ static void help(void) {
            "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
            "  --attn-ctx 4096,8192,16384,32768 --attn-heads 6 --attn-kv-heads 6 --attn-head-dim 64\n"
            "  --attn-topk 2048 --attn-index-heads 4 --attn-index-dim 32\n"
-           "  --attn-mem-heads 2 --attn-mem-dim 32   (shape of the prefill memory check)\n");
+           "  --attn-mem-heads 2 --attn-mem-dim 32   (shape of the prefill memory check)\n"
+           "  --price-per-hour X        also print $ per 1M tokens (SPEC 4)\n"
+           "Threads: OMP_NUM_THREADS. On a machine shared with other jobs, OMP_NUM_THREADS=1 gives\n"
+           "steadier timings (a 2-thread region waits for its slower, preempted thread).\n");
 }
 
 static int parse_list(const char *s, long *out, long *n, long lo, long hi) {
@@ -585,6 +588,10 @@ static int run_timing(const prune_opts *o, int *pass) {
            "  (target: >= 40%% less wall time)\n", o->ctx[last], 100 * pre, 100 * prec, 100 * dec, 100 * decc,
            100 * (1 - cfl.total / cd.total), 100 * (1 - tm[F][last].kv_bytes / tm[0][last].kv_bytes));
     pass[0] = pre >= 0.4 && dec >= 0.4;
+    if (o->price > 0)     /* SPEC §4: $ per 1M tokens = price_per_hour / (3600 * tokens_per_second) * 1e6 */
+        printf("  cost at $%.3f/h, %ld context: prefill $%.4f (dense) vs $%.4f, decode $%.4f vs $%.4f per 1M tokens\n",
+               o->price, o->ctx[last], o->price * tm[0][last].prefill / 3600 * 1e6, o->price * tm[F][last].prefill / 3600 * 1e6,
+               o->price * tm[0][last].decode / 3600 * 1e6, o->price * tm[F][last].decode / 3600 * 1e6);
     printf("{\"bench\":\"prune_timing\",\"threads\":%d,\"ctx\":%ld,\"prefill_saving\":%.4f,\"decode_saving\":%.4f,"
            "\"flops_saving\":%.4f,\"kv_saving\":%.4f,\"dense_prefill_ms\":%.5f,\"full_prefill_ms\":%.5f,"
            "\"dense_decode_ms\":%.5f,\"full_decode_ms\":%.5f,\"prefill_cpu_saving\":%.4f,\"decode_cpu_saving\":%.4f}\n",
@@ -727,9 +734,11 @@ int bench_prune(int argc, char **argv) {
                         MAX_CTX, v);
                 return 2;
             }
-        } else if (!strcmp(a, "--lr") || !strcmp(a, "--prune-loss-weight")) {
+        } else if (!strcmp(a, "--lr") || !strcmp(a, "--prune-loss-weight") || !strcmp(a, "--price-per-hour")) {
             if (cli_float(CMD, a, v, &f)) return 2;
-            if (!strcmp(a, "--lr")) o.lr = f; else o.loss_weight = f;
+            if (!strcmp(a, "--lr")) o.lr = f;
+            else if (!strcmp(a, "--price-per-hour")) o.price = f;
+            else o.loss_weight = f;
         } else {
             static const struct { const char *name; size_t off; long lo, hi; } I[] = {
                 {"--vocab", offsetof(prune_opts, vocab), 260, 1 << 20}, {"--hidden", offsetof(prune_opts, hidden), 8, 1 << 16},
