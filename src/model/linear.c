@@ -11,6 +11,7 @@
 
 int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata) {
     *qdata = NULL;
+    if (!m) m = ds4_quant_owner_of(w);
     if (!m || !m->quant || !m->params) return DS4_Q_F32;
     uintptr_t base = (uintptr_t)m->params, p = (uintptr_t)w;
     if (p < base || p >= base + m->layout.n_floats * sizeof(float)) return DS4_Q_F32;

@@ -8,8 +8,9 @@
 #include "model/model.h"
 
 /* y[n, out] (+)= x[n, in] @ w[out, in]^T. w points into m->params (a whole
- * tensor or a run of its rows); m may be NULL or w may point elsewhere, and
- * then this is exactly ds4_matmul. acc: y += instead of y =. */
+ * tensor or a run of its rows). m NULL: the registered quantized model whose
+ * params hold w, if any (model/quantized.h). When w has no quantized copy
+ * this is exactly ds4_matmul. acc: y += instead of y =. */
 void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out, int acc);
 
 /* The quantized copy of w (rows starting at w): its ds4_qtype and the first

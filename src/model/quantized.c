@@ -37,6 +37,7 @@ int ds4_model_quantize(ds4_model *m, ds4_qtype want) {
         off += ((size_t)t->shape[0] * q->t[i].row_bytes + 63) & ~(size_t)63;
     }
     m->quant = q;
+    if (ds4_quant_register(m)) { m->quant = NULL; ds4_qweights_free(q); return -1; }
     return 0;
 fail:
     ds4_qweights_free(q);

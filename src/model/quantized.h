@@ -36,12 +36,19 @@ struct ds4_qweights {
     int gguf_open;
     void **keep;             /* [n_keep] other malloc'd blocks (permuted GGUF rows) */
     int n_keep;
+    const ds4_model *owner;  /* set by ds4_quant_register */
 };
 typedef struct ds4_qweights ds4_qweights;
 
 void ds4_qweights_free(ds4_qweights *q);
 /* Free p with q. */
 int ds4_qweights_keep(ds4_qweights *q, void *p);
+/* Quantized models are registered process-wide (at most 64 at once) so that
+ * ds4_linear(NULL, ...) finds the model a weight pointer belongs to: code that
+ * sees only a layer (MoE experts, the indexer) needs no model argument.
+ * Quantize and the loaders register; ds4_model_free unregisters. */
+int ds4_quant_register(ds4_model *m);
+const ds4_model *ds4_quant_owner_of(const float *w);
 /* "f32", "q8_0", "q4_0", "q4_k" without linking the kernels. */
 const char *ds4_quant_type_name(int qtype);
 

@@ -497,6 +497,9 @@ ds4_model *ds4_model_load_gguf(const char *path) {
     if (n_quant == 0) {                 /* plain fp32 file: drop the table */
         ds4_qweights_free(q);
         m->quant = NULL;
+    } else if (ds4_quant_register(m)) {
+        ds4_model_free(m);
+        return NULL;
     }
     return m;
 fail:

@@ -3,6 +3,8 @@
  * and weight byte counts. Uses only quant.h's block constants, so the model
  * loader needs no kernel code. */
 #include <cjson/cJSON.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +27,44 @@ static int qtype_from_name(const char *s) {
     return -1;
 }
 
+/* ---- registry --------------------------------------------------------------- */
+#define N_REG 64
+static _Atomic(const ds4_model *) g_reg[N_REG];
+static _Atomic int g_n_reg;
+
+int ds4_quant_register(ds4_model *m) {
+    m->quant->owner = m;
+    for (int i = 0; i < N_REG; i++) {
+        const ds4_model *expect = NULL;
+        if (atomic_compare_exchange_strong(&g_reg[i], &expect, m)) {
+            atomic_fetch_add(&g_n_reg, 1);
+            return 0;
+        }
+    }
+    ds4_set_error("more than %d quantized models loaded at once", N_REG);
+    return -1;
+}
+
+const ds4_model *ds4_quant_owner_of(const float *w) {
+    if (atomic_load_explicit(&g_n_reg, memory_order_relaxed) == 0) return NULL;
+    uintptr_t p = (uintptr_t)w;
+    for (int i = 0; i < N_REG; i++) {
+        const ds4_model *m = atomic_load_explicit(&g_reg[i], memory_order_acquire);
+        if (m && p >= (uintptr_t)m->params && p < (uintptr_t)(m->params + m->layout.n_floats)) return m;
+    }
+    return NULL;
+}
+
+static void unregister(const ds4_model *m) {
+    for (int i = 0; i < N_REG; i++) {
+        const ds4_model *expect = m;
+        if (m && atomic_compare_exchange_strong(&g_reg[i], &expect, NULL)) atomic_fetch_sub(&g_n_reg, 1);
+    }
+}
+
 void ds4_qweights_free(ds4_qweights *q) {
     if (!q) return;
+    unregister(q->owner);
     free(q->t);
     free(q->owned);
     for (int i = 0; i < q->n_keep; i++) free(q->keep[i]);
@@ -267,6 +305,7 @@ ds4_model *ds4_model_load_quantized(const ds4_config *c, ds4_safetensors *st, co
         }
     (void)n_q;
     cJSON_Delete(meta);
+    if (ds4_quant_register(m)) { ds4_model_free(m); return NULL; }
     return m;
 fail_st:
     ds4_st_close(st);
