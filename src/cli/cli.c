@@ -12,7 +12,7 @@ typedef struct { const char *name; int (*fn)(int, char **); const char *summary;
 static const command COMMANDS[] = {
     {"train",       cmd_train,       "train or resume a model on a token shard"},
     {"generate",    cmd_generate,    "generate text from a prompt (streaming)"},
-    {"eval",        cmd_eval,        "validation loss and perplexity on a text file"},
+    {"eval",        cmd_eval,        "perplexity on text (default), multiple choice (eval mc), code pass@k (eval code)"},
     {"logits",      cmd_logits,      "write raw logits for given token ids (verification hook)"},
     {"tokenizer",   cmd_tokenizer,   "train a byte-level BPE tokenizer (tokenizer train)"},
     {"tokenize",    cmd_tokenize,    "encode text into ids or a binary token shard"},
