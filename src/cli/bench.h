@@ -11,6 +11,7 @@ int bench_prune(int argc, char **argv);
 int bench_moe(int argc, char **argv);      /* bench_moe.c */
 int bench_serve(int argc, char **argv);    /* bench_serve.c */
 int bench_world(int argc, char **argv);    /* bench_world.c; world_eval there is `ds4 world eval` */
+int bench_quant(int argc, char **argv);    /* bench_quant.c */
 int world_eval(int argc, char **argv);
 /* The dense 17.3M model of SPEC §4 (V 4096, D 384, L 8, FFN 1024, 6 heads). */
 void bench_preset_17m(ds4_config *c);

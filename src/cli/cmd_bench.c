@@ -13,13 +13,13 @@ static const bench_entry BENCHES[] = {
     {"moe",    bench_moe,    "hierarchical MoE study: balance, communication, MoE layer vs dense"},
     {"serve",  bench_serve,  "ds4 serve under 1/8/32/64 loopback streams: tokens/s, TTFT, errors, RSS"},
     {"world",  bench_world,  "world model physics vs the simulator: continuation, baselines, text-to-video"},
+    {"quant",  bench_quant,  "Q8_0/Q4_0/Q4_K vs fp32: perplexity, batch-1 decode tokens/s vs the bandwidth bound"},
 };
 
 static void help(void) {
     printf("usage: ds4 bench <what> [options]   (ds4 bench <what> --help)\n\n");
     for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
         printf("  %-8s %s\n", BENCHES[i].name, BENCHES[i].summary);
-    printf("\nNot implemented yet: quant.\n");
 }
 
 int cmd_bench(int argc, char **argv) {
