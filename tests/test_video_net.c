@@ -59,8 +59,16 @@ static void check_fd(int causal, int palette) {
     const size_t N = (size_t)S * Tl * Gh * Gw;
     ds4_vtok_ws *ws = ds4_vtok_ws_new(m, N);
     assert_non_null(ws);
+    /* the range penalty is part of the objective: biases push two FSQ inputs
+     * around +-2 so some tokens are beyond it */
+    const ds4_vtok_tensor *pb = ds4_vtok_find(m, "video.encoder.proj.bias");
+    m->params[pb->off] = 2.1f;
+    m->params[pb->off + 1] = -2.2f;
     float *x = malloc(N * m->P * sizeof(float)), *g = calloc(m->n_params, sizeof(float));
     fill_uniform(&r, x, N * m->P, -1, 1);
+    double l_nopen = loss_at(m, ws, x, S, Tl, Gh, Gw, 0);
+    ds4_vtok_ws_options(ws, 1, 0.5f);
+    assert_true(loss_at(m, ws, x, S, Tl, Gh, Gw, 0) > l_nopen + 1e-3);
     double l0 = ds4_vtok_forward_backward(m, ws, x, S, Tl, Gh, Gw, NULL, NULL, g, 1.0f, 0);
     assert_true(isfinite(l0));
     /* every coordinate of every tensor, central differences in float (eps 1e-2) */

@@ -38,6 +38,10 @@ static void train_usage(FILE *f) {
         "  --clip-grad X     global gradient norm clip, 0 = off (%g)\n"
         "  --seed S          initialisation and sampling seed (%llu)\n"
         "  --no-flip         no random left-right mirroring\n"
+        "  --noise-frac X    first fraction X of steps trains with uniform noise of one\n"
+        "                    quantization step instead of rounding (%g)\n"
+        "  --z-penalty X     weight of the FSQ input range penalty mean(relu(|z| - 2)^2),\n"
+        "                    against channels that saturate and die (%g)\n"
         "  --eval-every N    validate and save every N steps (%ld)\n"
         "  --eval-clips N    validation clips per evaluation (%d)\n"
         "  architecture (saved in video_config.json):\n"
@@ -50,7 +54,7 @@ static void train_usage(FILE *f) {
         "  --non-causal      neighbourhoods see latent frame t+1 too\n"
         "  --quiet           no progress line\n",
         d.steps, d.batch, d.window, d.lr, d.min_lr_frac, d.warmup, d.weight_decay, d.grad_clip,
-        (unsigned long long)d.seed, d.eval_every, d.eval_clips, d.cfg.patch, d.cfg.tubelet,
+        (unsigned long long)d.seed, d.noise_frac, d.z_penalty, d.eval_every, d.eval_clips, d.cfg.patch, d.cfg.tubelet,
         d.cfg.hidden, d.cfg.ffn, d.cfg.head, d.cfg.enc_layers, d.cfg.dec_layers);
 }
 
@@ -116,6 +120,8 @@ static int vtok_train(int argc, char **argv) {
         else if (!strcmp(a, "--clip-grad")) FLT(o.grad_clip);
         else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(cmd, a, v, 0, 1L << 52, &n)) return 2; o.seed = (uint64_t)n; }
         else if (!strcmp(a, "--no-flip")) o.flip = 0;
+        else if (!strcmp(a, "--noise-frac")) FLT(o.noise_frac);
+        else if (!strcmp(a, "--z-penalty")) FLT(o.z_penalty);
         else if (!strcmp(a, "--eval-every")) INT(0, 100000000, o.eval_every);
         else if (!strcmp(a, "--eval-clips")) INT(0, 1000000, o.eval_clips);
         else if (!strcmp(a, "--levels")) {

@@ -13,6 +13,7 @@
 #include "world/world.h"
 
 #define VTOK_NORM_EPS 1e-5f
+#define VTOK_ZMAX     2.0f   /* FSQ inputs beyond +-2 are penalised (see ds4_vtok_ws_options) */
 
 /* ---- parameter layout ------------------------------------------------------ */
 
@@ -424,6 +425,8 @@ typedef struct {
 
 struct ds4_vtok_ws {
     size_t max_tok;
+    ds4_rng rng;                         /* quantization noise (round = 2) */
+    float  zpen;                         /* weight of the FSQ input range penalty */
     int    train;                        /* per-block caches (and backward scratch) */
     bcache eb[DS4_VTOK_MAX_LAYERS], db[DS4_VTOK_MAX_LAYERS];  /* inference: all alias [0] */
     float *eh;                           /* [N, H] encoder stream */
@@ -462,6 +465,7 @@ static ds4_vtok_ws *ws_new(const ds4_vtok *m, size_t max_tok, int train) {
     }
     w->max_tok = N;
     w->train = train;
+    ds4_rng_seed(&w->rng, 0x5eed);
     float *p = w->mem;
 #define TAKE(ptr, cols) do { (ptr) = p; p += (cols) * N; } while (0)
     for (size_t b = 0; b < n_blk; b++) {
@@ -498,6 +502,11 @@ static ds4_vtok_ws *ws_new(const ds4_vtok *m, size_t max_tok, int train) {
 }
 
 ds4_vtok_ws *ds4_vtok_ws_new(const ds4_vtok *m, size_t max_tok) { return ws_new(m, max_tok, 1); }
+
+void ds4_vtok_ws_options(ds4_vtok_ws *w, uint64_t seed, float z_penalty) {
+    ds4_rng_seed(&w->rng, seed);
+    w->zpen = z_penalty;
+}
 
 void ds4_vtok_ws_free(ds4_vtok_ws *w) {
     if (!w) return;
@@ -617,7 +626,14 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
     vtok_w W;
     bind(m, m->params, &W);
     enc_forward(m, &W, ws, &g, x, N);
-    ds4_fsq_forward(&m->fsq, ws->z, ws->q, NULL, N, round);
+    ds4_fsq_forward(&m->fsq, ws->z, ws->q, NULL, N, round == 1);
+    if (round == 2) {
+        /* additive uniform noise of one quantization step instead of rounding:
+         * q = (bound(z) + u) / (L // 2), u ~ U(-0.5, 0.5); same gradient */
+        const int C = m->fsq.n;
+        for (size_t i = 0; i < N * C; i++)
+            ws->q[i] += (ds4_rng_uniform(&ws->rng) - 0.5f) / (float)m->fsq.hl[i % C];
+    }
     float *y = ws->y;
     dec_forward(m, &W, ws, &g, y, N);
     to_pixels(m, y, ws->yr, N);
@@ -659,6 +675,17 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
         }
         loss /= (double)npix;
     }
+    /* range penalty zpen * mean(relu(|z| - VTOK_ZMAX)^2): keeps FSQ inputs where
+     * tanh still has a gradient, so no channel saturates for good */
+    const size_t NC = N * C;
+    if (ws->zpen > 0) {
+        double pen = 0;
+        for (size_t i = 0; i < NC; i++) {
+            float e = fabsf(ws->z[i]) - VTOK_ZMAX;
+            if (e > 0) pen += (double)e * e;
+        }
+        loss += ws->zpen * pen / (double)NC;
+    }
     if (!grads) return loss;
 
     vtok_w G;
@@ -678,6 +705,13 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
     scatter_add(&g, ws->gbig, ws->gq, C, K);
     /* FSQ: straight-through */
     ds4_fsq_backward(&m->fsq, ws->z, ws->gq, ws->gz, N);
+    if (ws->zpen > 0) {
+        const float sc = 2.0f * ws->zpen * loss_scale / (float)NC;
+        for (size_t i = 0; i < NC; i++) {
+            float e = fabsf(ws->z[i]) - VTOK_ZMAX;
+            if (e > 0) ws->gz[i] += sc * (ws->z[i] > 0 ? e : -e);
+        }
+    }
     /* encoder: projection, final norm, blocks, patch embedding */
     linear_backward(dn, &G.proj, ws->gz, ws->en, &W.proj, N, H, C);
     memset(dstream, 0, N * H * sizeof(float));

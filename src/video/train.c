@@ -26,6 +26,7 @@ void ds4_vtok_train_opts_defaults(ds4_vtok_train_opts *o) {
     o->eps = 1e-8f;
     o->grad_clip = 1.0f;
     o->flip = 1;
+    o->z_penalty = 0.1f;
     o->seed = 1;
     o->eval_every = 250;
     o->eval_clips = 16;
@@ -183,6 +184,7 @@ int ds4_vtok_train(const ds4_vtok_train_opts *o) {
     const size_t per = (size_t)Gh * Gw, tok = (size_t)o->batch * win * per;
     if (!(m = ds4_vtok_new(&cfg, o->seed))) goto done;
     if (!(ws = ds4_vtok_ws_new(m, tok))) goto done;
+    ds4_vtok_ws_options(ws, o->seed + 1, o->z_penalty);
     x = ds4_alloc_aligned(tok * m->P * sizeof(float));
     grads = ds4_alloc_aligned(m->n_params * sizeof(float));
     if (!x || !grads || ds4_vtok_adamw_init(&opt, m) != 0) goto done;
@@ -212,7 +214,8 @@ int ds4_vtok_train(const ds4_vtok_train_opts *o) {
         }
         memset(grads, 0, m->n_params * sizeof(float));
         double mse = 0;
-        double loss = ds4_vtok_forward_backward(m, ws, x, o->batch, win, Gh, Gw, NULL, &mse, grads, 1.0f, 1);
+        int mode = step < (long)(o->noise_frac * o->steps) ? 2 : 1;
+        double loss = ds4_vtok_forward_backward(m, ws, x, o->batch, win, Gh, Gw, NULL, &mse, grads, 1.0f, mode);
         if (!isfinite(loss)) {
             ds4_set_error("video train: loss is not finite at step %ld", step);
             goto done;

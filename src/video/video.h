@@ -178,14 +178,23 @@ int  ds4_vtok_dwconv_backward(const float *du, const float *h, const float *w, f
 typedef struct ds4_vtok_ws ds4_vtok_ws;
 ds4_vtok_ws *ds4_vtok_ws_new(const ds4_vtok *m, size_t max_tok);
 void         ds4_vtok_ws_free(ds4_vtok_ws *w);
+/* Training options of a workspace: the seed of the quantization noise
+ * (round = 2) and the weight of the FSQ input range penalty
+ * z_penalty * mean(relu(|z| - 2)^2) added to the loss (0 = off, the default):
+ * tanh in bound() has almost no gradient beyond |z| ~ 2, and a channel whose
+ * inputs all drift there never comes back (a dead channel). Every code stays
+ * reachable inside |z| <= 2. */
+void         ds4_vtok_ws_options(ds4_vtok_ws *w, uint64_t seed, float z_penalty);
 
 /* x: S sequences of [Tl][Gh][Gw][P] inputs (also the targets). Returns the
  * loss: rgb, mean((y - x)^2) over all S*Tl*Gh*Gw*P values; palette, the mean
  * cross-entropy per pixel against the nearest palette colour of x. y (may be
  * NULL) receives the reconstruction [N, P] in input units; mse (may be NULL)
  * its mean squared error against x. When grads != NULL they ACCUMULATE
- * d loss / d params [n_params] (times loss_scale). round = 0 skips FSQ
- * rounding (smooth path for finite differences). NAN on error. */
+ * d loss / d params [n_params] (times loss_scale). round: 1 FSQ as SPEC §3
+ * (straight-through); 0 no rounding (smooth path for finite differences);
+ * 2 uniform noise of one quantization step in place of rounding (a training
+ * warm-up: exact gradients, a decoder that tolerates the rounding). NAN on error. */
 double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *w, const float *x, int S,
                                  int Tl, int Gh, int Gw, float *y, double *mse, float *grads,
                                  float loss_scale, int round);
@@ -212,6 +221,8 @@ typedef struct ds4_vtok_train_opts {
     long   warmup;          /* 100 */
     float  weight_decay, beta1, beta2, eps, grad_clip;  /* 0.01, 0.9, 0.99, 1e-8, 1.0 */
     int    flip;            /* random left-right mirroring (1) */
+    float  noise_frac;      /* first fraction of steps with noise instead of rounding (0) */
+    float  z_penalty;       /* FSQ input range penalty weight (ds4_vtok_ws_options) (0.1) */
     uint64_t seed;
     long   eval_every;      /* 250; 0 = only at the end */
     int    eval_clips;      /* val clips per evaluation (16) */
