@@ -160,9 +160,9 @@ static void test_roundtrip_all_types(void **s) {
         {DS4_GGML_F32, {8, 3, 1}, 2, 96},   {DS4_GGML_F16, {10, 1, 1}, 1, 20},
         {DS4_GGML_Q4_0, {64, 2, 1}, 2, 72}, {DS4_GGML_Q8_0, {32, 2, 3}, 3, 204},
         {DS4_GGML_Q4_K, {256, 2, 1}, 2, 288}};
-    char nm[5][8];
+    char nm[5][16];
     for (int k = 0; k < 5; k++) {
-        snprintf(nm[k], 8, "t%d", k);
+        snprintf(nm[k], sizeof nm[k], "t%d", k);
         assert_int_equal(ds4_gguf_add_tensor(w, nm[k], ts[k].type, ts[k].nd, ts[k].ne, data[k], ts[k].bytes), 0);
     }
     char path[64];

@@ -532,6 +532,7 @@ void ds4_gguf_writer_free(ds4_gguf_writer *w) {
 }
 
 static int put(ds4_gguf_writer *w, const void *p, size_t n) {
+    if (n == 0) return 0;
     if (w->kv_len + n > w->kv_cap) {
         size_t nc = w->kv_cap ? w->kv_cap : 4096;
         while (nc < w->kv_len + n) nc *= 2;
@@ -669,7 +670,7 @@ int ds4_gguf_writer_to_buffer(const ds4_gguf_writer *w, uint8_t **buf, size_t *l
     free(head);
     size_t off = 0;
     for (int i = 0; i < w->n_t; i++) {
-        memcpy(b + hl + off, w->t[i].data, w->t[i].nbytes);
+        if (w->t[i].nbytes) memcpy(b + hl + off, w->t[i].data, w->t[i].nbytes);
         off = align_up(off + w->t[i].nbytes, w->alignment);
     }
     *buf = b;
