@@ -40,7 +40,7 @@ typedef struct eclip {
     int      colors[DS4_WORLD_MAX_BALLS];
     double   g, ppm, wall_m, width_m, height_m;
     double  *bx, *by;             /* [F][n_balls] annotated centres (m) */
-    int      sim_bounces[DS4_WORLD_MAX_BALLS];  /* simulator bounce events in the horizon */
+    int      sim_bounces[DS4_WORLD_MAX_BALLS];  /* simulator bounce events in the horizon (but its last 2 frames) */
     char     caption[512];
 } eclip;
 
@@ -74,7 +74,7 @@ static int take_truth(eclip *e, const ds4_world_clip *c, int F, int f0, int f1) 
     }
     for (int k = 0; k < c->n_events; k++) {
         const ds4_world_event *ev = &c->events[k];
-        if (ev->type == DS4_WEV_BOUNCE && ev->frame >= f0 && ev->frame < f1 && ev->ids[0] < e->n_balls)
+        if (ev->type == DS4_WEV_BOUNCE && ev->frame >= f0 && ev->frame < f1 - 2 && ev->ids[0] < e->n_balls)
             e->sim_bounces[ev->ids[0]]++;
     }
     return 0;

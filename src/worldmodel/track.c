@@ -79,12 +79,24 @@ static int is_bounce(const ds4_wm_track *t, int f, int k) {
     return 0;
 }
 
+/* 1 if another ball touches colour k's ball at frame f (a collision, not a bounce). */
+static int touching(const ds4_wm_track *t, int f, int k) {
+    const size_t j = (size_t)f * DS4_WM_COLORS;
+    for (int o = 0; o < DS4_WM_COLORS; o++) {
+        if (o == k || !t->found[j + o]) continue;
+        double d = hypot(t->x[j + o] - t->x[j + k], t->y[j + o] - t->y[j + k]);
+        if (d <= t->r[j + o] + t->r[j + k] + 0.5 / t->px_per_m) return 1;
+    }
+    return 0;
+}
+
 int ds4_wm_bounces(const ds4_wm_track *t, int k, int f0, int f1, int *frames, int max) {
     int n = 0, last = -100;
     if (f0 < 0) f0 = 0;
     if (f1 > t->n_frames) f1 = t->n_frames;
     for (int f = f0; f < f1; f++) {
-        if (f - last <= 2 || !is_bounce(t, f, k)) continue;
+        if (f - last < 2 || !is_bounce(t, f, k)) continue;
+        if (touching(t, f, k)) continue;
         if (frames && n < max) frames[n] = f;
         n++;
         last = f;
@@ -127,12 +139,17 @@ int ds4_wm_fit_g(const ds4_wm_track *t, int k, int f0, int f1, double wall_m, do
     double suu = 0, sur = 0;
     int np = 0;
     const double rest = 1.5 / t->px_per_m;
+    const double kick = 1.5 / t->px_per_m;   /* free flight bends y by g/fps^2, about 0.3-0.4 px */
     for (int kk = 0; kk < DS4_WM_COLORS; kk++) {
         if (k >= 0 && kk != k) continue;
         int a = -1;
         for (int f = f0; f <= f1; f++) {
             int usable = f < f1 && seen(t, f, kk) && !is_bounce(t, f, kk) &&
                          Y(t, f, kk) - t->r[(size_t)f * DS4_WM_COLORS + kk] > wall_m + rest;
+            /* a kick (bounce, collision or glitch the detector missed) ends the segment too */
+            if (usable && seen(t, f - 1, kk) && seen(t, f + 1, kk) &&
+                fabs(Y(t, f + 1, kk) - 2 * Y(t, f, kk) + Y(t, f - 1, kk)) > kick)
+                usable = 0;
             /* a bounce also ends the segment before it (the frame before the contact) */
             if (usable && f + 1 < f1 && is_bounce(t, f + 1, kk)) usable = 0;
             if (usable && a < 0) a = f;

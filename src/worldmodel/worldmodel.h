@@ -211,15 +211,18 @@ int  ds4_wm_track_clip(const uint8_t *rgb, int T, int H, int W, double px_per_m,
 void ds4_wm_track_free(ds4_wm_track *t);
 /* Bounces of colour k among frames [f0, f1): a local minimum of y (floor),
  * maximum of y (ceiling) or extremum of x (walls) with at least
- * DS4_WM_BOUNCE_PX of travel on both sides within 2 frames. Frame indices go
- * to frames[max] (may be NULL); returns the count. */
+ * DS4_WM_BOUNCE_PX of travel on both sides within 2 frames, and no other ball
+ * touching it within a frame (that is a collision). Needs frames f-2..f+2, so
+ * bounces in the last 2 frames are not seen. Frame indices go to
+ * frames[max] (may be NULL); returns the count. */
 #define DS4_WM_BOUNCE_PX 1.5
 int  ds4_wm_bounces(const ds4_wm_track *t, int k, int f0, int f1, int *frames, int max);
-/* Gravity fitted to colour k's heights in frames [f0, f1): one parabola
- * curvature shared by the free-flight segments between bounces (each segment
- * its own offset and slope; segments of at least 6 frames that are not at
- * rest on the floor). *g (m/s^2, positive down) and *n_points; -1 with no
- * usable segment (no error set). */
+/* Gravity fitted to colour k's heights (k = -1: all colours) in frames
+ * [f0, f1): one parabola curvature shared by the free-flight segments (each
+ * segment its own offset and slope; segments of at least 6 frames, cut at
+ * bounces, at frames whose second difference of y exceeds 1.5 px, and where
+ * the ball rests on the floor). *g (m/s^2, positive down) and *n_points; -1
+ * with fewer than 8 usable points (no error set). */
 int  ds4_wm_fit_g(const ds4_wm_track *t, int k, int f0, int f1, double wall_m, double *g,
                   int *n_points);
 
