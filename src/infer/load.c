@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include "infer/infer.h"
+#include "model/quantized.h"
 
 int ds4_open_model_dir(const char *dir, ds4_model **m, ds4_tokenizer **tok) {
     *m = NULL;
@@ -15,6 +16,7 @@ int ds4_open_model_dir(const char *dir, ds4_model **m, ds4_tokenizer **tok) {
         ds4_set_error("model directory %s: %s", dir, strerror(errno));
         return -1;
     }
+    if (S_ISREG(st.st_mode) && ds4_gguf_is_gguf(dir)) return ds4_model_open_gguf(dir, m, tok);
     if (!S_ISDIR(st.st_mode)) {
         ds4_set_error("model directory %s: not a directory", dir);
         return -1;

@@ -8,6 +8,7 @@
 #include "kernels/kernels.h"
 #include "model/acts.h"
 #include "model/forward.h"
+#include "model/linear.h"
 #include "model/indexer.h"
 #include "model/moe.h"
 #include "model/prune.h"
@@ -147,10 +148,10 @@ void ds4_acts_free(ds4_acts *a) {
 /* SwiGLU y[n,D] = down(silu(gate x) * up x) with gate/up [F,D], down [D,F]. */
 void ds4_swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, const float *wd,
                        float *g, float *u, float *h, int n, int D, int F, int acc) {
-    ds4_matmul(g, x, wg, n, D, F, 0);
-    ds4_matmul(u, x, wu, n, D, F, 0);
+    ds4_linear(NULL, g, x, wg, n, D, F, 0);
+    ds4_linear(NULL, u, x, wu, n, D, F, 0);
     ds4_swiglu(h, g, u, (size_t)n * F);
-    ds4_matmul(y, h, wd, n, F, D, acc);
+    ds4_linear(NULL, y, h, wd, n, F, D, acc);
 }
 
 /* ---- the forward pass --------------------------------------------------- */
@@ -188,7 +189,7 @@ static int prune_select(const ds4_config *c, const ds4_layer *W, ds4_layer_acts 
                         const int *pos, int n, float rho, int topk_rule, int training,
                         unsigned char *mark, unsigned char *kept, ds4_prune_counts *counts) {
     const int D = c->hidden_size;
-    ds4_matmul(A->prune_r, A->xn1, W->prune_router, n, D, 1, 0);
+    ds4_linear(NULL, A->prune_r, A->xn1, W->prune_router, n, D, 1, 0);
     for (int i0 = 0; i0 < n;) {
         int i1 = i0;
         while (i1 < n && b->seq[i1] == b->seq[i0]) i1++;
@@ -267,9 +268,9 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             continue;
         }
 
-        ds4_matmul(A->q, xs, W->q_proj, nk, D, Q, 0);
-        ds4_matmul(A->kn, xs, W->k_proj, nk, D, KD, 0);
-        ds4_matmul(A->vn, xs, W->v_proj, nk, D, KD, 0);
+        ds4_linear(m, A->q, xs, W->q_proj, nk, D, Q, 0);
+        ds4_linear(m, A->kn, xs, W->k_proj, nk, D, KD, 0);
+        ds4_linear(m, A->vn, xs, W->v_proj, nk, D, KD, 0);
         ds4_rope(A->q, ps, nk, H, Dh, c->rope_theta);
         ds4_rope(A->kn, ps, nk, K, Dh, c->rope_theta);
         const int indexed = c->index_topk > 0;
@@ -313,7 +314,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
         if (rc != 0) break;
         if (pruned) {
             /* x_mid = x_in + g * o_proj(att) on kept rows */
-            ds4_matmul(A->ao, A->att, W->o_proj, nk, Q, D, 0);
+            ds4_linear(m, A->ao, A->att, W->o_proj, nk, Q, D, 0);
             for (int j = 0; j < nk; j++) {
                 const float g = A->gate[j], *xi = A->x_in + (size_t)A->kidx[j] * D, *ao = A->ao + (size_t)j * D;
                 float *xm = A->x_mid + (size_t)j * D;
@@ -321,7 +322,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             }
         } else {
             memcpy(A->x_mid, A->x_in, sizeof(float) * (size_t)n * D);
-            ds4_matmul(A->x_mid, A->att, W->o_proj, n, Q, D, 1);
+            ds4_linear(m, A->x_mid, A->att, W->o_proj, n, Q, D, 1);
         }
         ds4_rmsnorm(A->xn2, A->rstd2, A->x_mid, W->post_attention_layernorm, nk, D, c->rms_norm_eps);
         if (!ds4_layer_is_moe(c, l)) {
@@ -351,7 +352,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
 
     if (rc == 0 && acts) {
         ds4_rmsnorm(acts->xnf, acts->rstdf, acts->x_out, m->w.norm, n, D, c->rms_norm_eps);
-        if (acts->logits) ds4_matmul(acts->logits, acts->xnf, m->w.lm_head, n, D, V, 0);
+        if (acts->logits) ds4_linear(m, acts->logits, acts->xnf, m->w.lm_head, n, D, V, 0);
     } else if (rc == 0) {
         if (!out_rows) n_out = n;
         float *xs = scratch->l[0].xn1;       /* reuse: [n_out, D] selected rows, normed */
@@ -359,7 +360,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             const int r = out_rows ? out_rows[j] : j;
             ds4_rmsnorm(xs + (size_t)j * D, NULL, x + (size_t)r * D, m->w.norm, 1, D, c->rms_norm_eps);
         }
-        ds4_matmul(logits, xs, m->w.lm_head, n_out, D, V, 0);
+        ds4_linear(m, logits, xs, m->w.lm_head, n_out, D, V, 0);
     }
     free(pos);
     free(mark);

@@ -13,6 +13,7 @@
 #include "kernels/kernels.h"
 #include "kernels/tile.h"
 #include "model/indexer.h"
+#include "model/linear.h"
 #include "util/util.h"
 
 #define QB 64            /* queries per selection chunk */
@@ -25,12 +26,12 @@ int ds4_indexer_sel_k(const ds4_config *c) {
 void ds4_indexer_project(const ds4_config *c, const ds4_layer *W, const float *x, const int *pos, int n,
                          float *q, float *k, float *kraw, float *krstd, float *w) {
     const int D = c->hidden_size, Hi = c->index_n_heads, Di = c->index_head_dim;
-    ds4_matmul(q, x, W->idx_wq, n, D, Hi * Di, 0);
+    ds4_linear(NULL, q, x, W->idx_wq, n, D, Hi * Di, 0);
     ds4_rope(q, pos, n, Hi, Di, c->rope_theta);
-    ds4_matmul(kraw, x, W->idx_wk, n, D, Di, 0);
+    ds4_linear(NULL, kraw, x, W->idx_wk, n, D, Di, 0);
     ds4_rmsnorm(k, krstd, kraw, W->idx_k_norm, n, Di, c->rms_norm_eps);
     ds4_rope(k, pos, n, 1, Di, c->rope_theta);
-    ds4_matmul(w, x, W->idx_weights_proj, n, D, Hi, 0);
+    ds4_linear(NULL, w, x, W->idx_weights_proj, n, D, Hi, 0);
     const float s = 1.0f / sqrtf((float)Hi);
     for (size_t i = 0; i < (size_t)n * Hi; i++) w[i] *= s;
 }

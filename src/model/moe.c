@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 #include "model/acts.h"
 #include "model/moe.h"
+#include "model/linear.h"
 
 /* E <= 1024 is checked by config validation; per-token scratch lives on the stack. */
 #define MOE_MAX_E 1024
@@ -314,7 +315,7 @@ static void expert_backward(int e, void *p) {
  * on the other tokens of the batch (prefill and decode agree). */
 void ds4_moe_fwd_route(const ds4_config *c, const ds4_layer *W, ds4_layer_acts *A, const float *x, int n) {
     const int D = c->hidden_size, E = c->n_routed_experts;
-    ds4_matmul(A->rlogits, x, W->router, n, D, E, 0);
+    ds4_linear(NULL, A->rlogits, x, W->router, n, D, E, 0);
     ds4_moe_route(c, A->rlogits, W->router_bias, n, A->experts, A->weights, A->scores);
     A->over_capacity = 0;
     if (A->seq) {
