@@ -15,6 +15,7 @@
 #include "ds4.h"
 #include "util/util.h"
 #include "video/video.h"
+#include "world/world.h"
 
 static ds4_vtok_config tiny_config(int causal, int palette) {
     ds4_vtok_config c;
@@ -318,6 +319,20 @@ static void test_chunked_and_causal(void **state) {
     int changed = 0;
     for (size_t i = 20 * Gh * Gw; i < N; i++) changed += codes[i] != codes2[i];
     assert_true(changed > 0);
+    /* sharp decoding gives palette colours only, and the colour of each pixel's
+     * largest logit; soft and sharp agree where one colour dominates */
+    m->sharp = 1;
+    assert_int_equal(ds4_vtok_decode(m, codes, Tl, Gh, Gw, out2), 0);
+    m->sharp = 0;
+    long agree = 0;
+    for (size_t p = 0; p < (size_t)T * H * W; p++) {
+        int is_pal = 0;
+        for (int k = 0; k < DS4_WC_COUNT; k++) is_pal |= !memcmp(out2 + 3 * p, ds4_world_palette[k], 3);
+        assert_true(is_pal);
+        agree += abs(out2[3 * p] - out[3 * p]) + abs(out2[3 * p + 1] - out[3 * p + 1]) +
+                 abs(out2[3 * p + 2] - out[3 * p + 2]) < 30;
+    }
+    assert_true(agree > 0);
     /* prefix decode */
     assert_int_equal(ds4_vtok_decode(m, codes, 10, Gh, Gw, out2), 0);
     assert_memory_equal(out2, out, 10 * c.tubelet * fr);

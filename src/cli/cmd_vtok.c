@@ -241,12 +241,15 @@ done:
 static int vtok_decode(int argc, char **argv) {
     const char *cmd = "vtok decode", *model = NULL, *codes_path = NULL, *out = NULL, *png = NULL;
     long scale = 4;
+    int sharp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        if (!strcmp(a, "--sharp")) { sharp = 1; continue; }
         if (cli_is_help(a)) {
-            printf("usage: ds4 vtok decode --model DIR --codes codes.bin --out clip.gif [--scale 4] [--png DIR]\n\n"
+            printf("usage: ds4 vtok decode --model DIR --codes codes.bin --out clip.gif [--scale 4] [--png DIR] [--sharp]\n\n"
                    "Decodes a codes file (from ds4 vtok encode, or a world model) into an animated GIF\n"
-                   "(each pixel upscaled --scale times) and optionally PNG frames.\n");
+                   "(each pixel upscaled --scale times) and optionally PNG frames. --sharp: each pixel\n"
+                   "takes its most likely palette colour instead of the expected colour.\n");
             return 0;
         }
         if (!(v = cli_value(argc, argv, &i))) return 2;
@@ -263,6 +266,7 @@ static int vtok_decode(int argc, char **argv) {
     }
     ds4_vtok *m = ds4_vtok_load(model);
     if (!m) return cli_fail(cmd);
+    m->sharp = sharp;
     ds4_vtok_codes c;
     uint8_t *rgb = NULL;
     int rc = 1;
@@ -328,18 +332,19 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
 static int vtok_eval(int argc, char **argv) {
     const char *cmd = "vtok eval", *model = NULL, *data = NULL, *split = "val", *json = NULL;
     long clips = 0;
-    int per_clip = 0;
+    int per_clip = 0, sharp = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--per-clip")) { per_clip = 1; continue; }
+        if (!strcmp(a, "--sharp")) { sharp = 1; continue; }
         if (cli_is_help(a)) {
-            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE] [--per-clip]\n\n"
+            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE] [--per-clip] [--sharp]\n\n"
                    "Round-trips every clip (or the first N) of DIR/<split>-*.ds4w through the tokenizer and\n"
                    "reports PSNR (from the pooled MSE over all RGB8 values, and the mean of per-clip PSNR)\n"
                    "and the ball-centroid error: in each frame, the largest blob of each ball colour found\n"
                    "by ds4_world_extract (tolerance %d, min area %d px) in the original vs the\n"
                    "reconstruction. Prints a table and a JSON line (also written to --json FILE);\n"
-                   "--per-clip also prints one line per clip.\n",
+                   "--per-clip also prints one line per clip; --sharp decodes most likely colours.\n",
                    DS4_VTOK_EVAL_TOL, DS4_VTOK_EVAL_MIN_AREA);
             return 0;
         }
@@ -357,6 +362,7 @@ static int vtok_eval(int argc, char **argv) {
     }
     ds4_vtok *m = ds4_vtok_load(model);
     if (!m) return cli_fail(cmd);
+    m->sharp = sharp;
     ds4_vtok_eval_stats st = {0};
     if (!per_clip) {
         if (ds4_vtok_eval_dir(m, data, split, (int)clips, &st) != 0) {
@@ -384,9 +390,9 @@ static int vtok_eval(int argc, char **argv) {
     snprintf(line, sizeof line,
              "{\"bench\":\"vtok_eval\",\"model\":\"%s\",\"split\":\"%s\",\"clips\":%d,\"frames\":%ld,"
              "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"centroid_err_px\":%.5f,\"centroid_max_px\":%.4f,"
-             "\"ball_frames\":%ld,\"missed\":%ld,\"spurious\":%ld,\"ms_per_clip\":%.2f,\"n_codes\":%d}",
+             "\"ball_frames\":%ld,\"missed\":%ld,\"spurious\":%ld,\"ms_per_clip\":%.2f,\"n_codes\":%d,\"sharp\":%d}",
              model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(cent) ? -1.0 : cent, st.cent_max,
-             st.n_matched, st.n_missed, st.n_spurious, ms, ds4_vtok_n_codes(m));
+             st.n_matched, st.n_missed, st.n_spurious, ms, ds4_vtok_n_codes(m), sharp);
     printf("%s\n", line);
     int rc = 0;
     if (json) {

@@ -13,6 +13,7 @@
 #include "world/world.h"
 
 #define VTOK_NORM_EPS 1e-5f
+#define VTOK_PIXBLK   64     /* pixels per block in the palette softmax */
 #define VTOK_ZMAX     2.0f   /* FSQ inputs beyond +-2 are penalised (see ds4_vtok_ws_options) */
 
 /* ---- parameter layout ------------------------------------------------------ */
@@ -138,7 +139,7 @@ ds4_vtok *ds4_vtok_new(const ds4_vtok_config *c, uint64_t seed) {
     /* the output starts at the background colour (palette: p(background) = 0.77) */
     const ds4_vtok_tensor *ob = ds4_vtok_find(m, "video.decoder.out.bias");
     for (size_t k = 0; k < ob->numel; k++)
-        m->params[ob->off + k] = c->palette ? (k % DS4_WC_COUNT == DS4_WC_BACKGROUND ? 3.0f : 0.0f)
+        m->params[ob->off + k] = c->palette ? (k / (m->P / 3) == DS4_WC_BACKGROUND ? 3.0f : 0.0f)
                                             : ds4_world_palette[DS4_WC_BACKGROUND][k % 3] / 127.5f - 1.0f;
     return m;
 }
@@ -147,6 +148,7 @@ ds4_vtok *ds4_vtok_alloc(const ds4_vtok_config *c) { return vtok_alloc(c); }
 
 void ds4_vtok_free(ds4_vtok *m) {
     if (!m) return;
+    ds4_vtok_ws_free(m->ws_cache);
     free(m->params);
     free(m);
 }
@@ -198,9 +200,9 @@ void ds4_vtok_unpatchify(const float *y, int Tl, int H, int W, int tubelet, int 
                     for (int r = 0; r < patch; r++) {
                         uint8_t *row = rgb + (((size_t)(t * tubelet + f) * H) + gy * patch + r) * W * 3;
                         for (int c = 0; c < patch * 3; c++) {
-                            float v = (*src++ + 1.0f) * 127.5f;
+                            float v = (*src++ + 1.0f) * 127.5f + 0.5f;   /* round half up */
                             v = v < 0.0f ? 0.0f : v > 255.0f ? 255.0f : v;
-                            row[gx * patch * 3 + c] = (uint8_t)lrintf(v);
+                            row[gx * patch * 3 + c] = (uint8_t)v;
                         }
                     }
             }
@@ -280,11 +282,34 @@ static void linear_backward(float *dx, const vlin *gl, const float *dy, const fl
         for (int o = 0; o < out; o++) gl->b[o] += dy[i * out + o];
 }
 
-static inline float sigm(float a) { return 1.0f / (1.0f + expf(-a)); }
+/* exp(x) to ~1e-7 relative in the normal range (3.8e-6 at the edge of
+ * denormals), written so loops over it vectorise (libm's expf does not under
+ * -fmath-errno): 2^t = 2^floor(t) * p(t - floor(t)) with a degree-5 fit of 2^f
+ * on [0, 1). Results saturate near 2^-126 and 2^128 instead of 0 and inf. */
+static inline float vexp(float x) {
+    float t = x * 1.44269504089f;
+    int32_t i = (int32_t)t;            /* |x| < 1e9 */
+    i -= t < (float)i;                 /* floor */
+    float f = t - (float)i;
+    i = i < -126 ? -126 : i;
+    i = i > 127 ? 127 : i;
+    float p = 1.8775767e-3f;
+    p = p * f + 8.9893397e-3f;
+    p = p * f + 5.5826318e-2f;
+    p = p * f + 2.4015361e-1f;
+    p = p * f + 6.9315308e-1f;
+    p = p * f + 9.9999994e-1f;
+    int32_t bits = (i + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+
+static inline float sigm(float a) { return 1.0f / (1.0f + vexp(-a)); }
 
 /* h = silu(a) (acc = 0) or h += silu(a) (acc = 1) */
 static void silu(float *h, const float *a, size_t n, int acc) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float v = a[i] * sigm(a[i]);
         h[i] = acc ? h[i] + v : v;
@@ -293,7 +318,7 @@ static void silu(float *h, const float *a, size_t n, int acc) {
 
 /* da = dh * silu'(a) (WRITTEN) */
 static void silu_backward(float *da, const float *dh, const float *a, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float s = sigm(a[i]);
         da[i] = dh[i] * s * (1.0f + a[i] * (1.0f - s));
@@ -437,7 +462,7 @@ struct ds4_vtok_ws {
     float *dn, *drs;                     /* [N, H], [N] */
     float *ha, *hh;                      /* [N, D] head pre-activation / activation */
     float *y;                            /* [N, n_out] decoder outputs (logits or RGB) */
-    float *yr;                           /* [N, P] reconstruction in input units */
+    float *yr;                           /* [N, P] reconstruction in input units; inference: also the input */
     float *gbig;                         /* [N, max(D, F, K*C)] backward scratch */
     float *g1, *g2, *g3;                 /* [N, H] */
     float *gz, *gq;                      /* [N, C] */
@@ -586,18 +611,41 @@ static void to_pixels(const ds4_vtok *m, const float *y, float *yr, size_t N) {
     }
     float pal[DS4_WC_COUNT][3];
     palette_units(pal);
-    const size_t npix = N * (m->P / 3);
+    const int npx = m->P / 3;
+    /* per token, logits are [class][pixel]: softmax across 7 rows, vectorised over pixels */
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < npix; i++) {
-        const float *l = y + i * DS4_WC_COUNT;
-        float mx = l[0], e[DS4_WC_COUNT], sum = 0;
-        for (int k = 1; k < DS4_WC_COUNT; k++) mx = l[k] > mx ? l[k] : mx;
-        for (int k = 0; k < DS4_WC_COUNT; k++) sum += e[k] = expf(l[k] - mx);
-        float r = 0, g = 0, b = 0, inv = 1.0f / sum;
-        for (int k = 0; k < DS4_WC_COUNT; k++) {
-            r += e[k] * pal[k][0]; g += e[k] * pal[k][1]; b += e[k] * pal[k][2];
+    for (size_t n = 0; n < N; n++) {
+        const float *L = y + n * m->n_out;   /* [7][npx] */
+        float *out = yr + n * m->P;          /* [npx][3] */
+        for (int p0 = 0; p0 < npx; p0 += VTOK_PIXBLK) {
+            const int nb = DS4_MIN(VTOK_PIXBLK, npx - p0);
+            float mx[VTOK_PIXBLK], sum[VTOK_PIXBLK], r[VTOK_PIXBLK], g[VTOK_PIXBLK], b[VTOK_PIXBLK];
+            for (int j = 0; j < nb; j++) mx[j] = L[p0 + j];
+            for (int k = 1; k < DS4_WC_COUNT; k++)
+                for (int j = 0; j < nb; j++) mx[j] = L[k * npx + p0 + j] > mx[j] ? L[k * npx + p0 + j] : mx[j];
+            if (m->sharp) {
+                for (int j = 0; j < nb; j++) {
+                    int best = 0;
+                    for (int k = 1; k < DS4_WC_COUNT; k++)
+                        if (L[k * npx + p0 + j] > L[best * npx + p0 + j]) best = k;
+                    for (int c = 0; c < 3; c++) out[3 * (p0 + j) + c] = pal[best][c];
+                }
+                continue;
+            }
+            for (int j = 0; j < nb; j++) sum[j] = r[j] = g[j] = b[j] = 0;
+            for (int k = 0; k < DS4_WC_COUNT; k++)
+                for (int j = 0; j < nb; j++) {
+                    float e = vexp(L[k * npx + p0 + j] - mx[j]);
+                    sum[j] += e;
+                    r[j] += e * pal[k][0]; g[j] += e * pal[k][1]; b[j] += e * pal[k][2];
+                }
+            for (int j = 0; j < nb; j++) {
+                float inv = 1.0f / sum[j];
+                out[3 * (p0 + j)] = r[j] * inv;
+                out[3 * (p0 + j) + 1] = g[j] * inv;
+                out[3 * (p0 + j) + 2] = b[j] * inv;
+            }
         }
-        yr[3 * i] = r * inv; yr[3 * i + 1] = g * inv; yr[3 * i + 2] = b * inv;
     }
 }
 
@@ -657,21 +705,24 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
         }
     } else {
         /* cross-entropy per pixel against the nearest palette colour; in place
-         * of the logits: (softmax - onehot) / npix * scale */
+         * of the logits ([class][pixel] per token): (softmax - onehot) / npix * scale */
         float pal[DS4_WC_COUNT][3];
         palette_units(pal);
-        const size_t npix = N * (P / 3);
+        const int npx = P / 3;
+        const size_t npix = N * npx;
         const float sc = loss_scale / (float)npix;
 #pragma omp parallel for reduction(+ : loss) schedule(static)
-        for (size_t i = 0; i < npix; i++) {
-            float *l = y + i * DS4_WC_COUNT;
-            int tgt = nearest_palette(pal, x + 3 * i);
-            float mx = l[0], e[DS4_WC_COUNT], sum = 0;
-            for (int k = 1; k < DS4_WC_COUNT; k++) mx = l[k] > mx ? l[k] : mx;
-            for (int k = 0; k < DS4_WC_COUNT; k++) sum += e[k] = expf(l[k] - mx);
-            loss += (double)(logf(sum) + mx - l[tgt]);
-            if (grads)
-                for (int k = 0; k < DS4_WC_COUNT; k++) l[k] = (e[k] / sum - (k == tgt)) * sc;
+        for (size_t n = 0; n < N; n++) {
+            float *L = y + n * m->n_out;
+            for (int j = 0; j < npx; j++) {
+                int tgt = nearest_palette(pal, x + (n * npx + j) * 3);
+                float mx = L[j], e[DS4_WC_COUNT], sum = 0;
+                for (int k = 1; k < DS4_WC_COUNT; k++) mx = L[k * npx + j] > mx ? L[k * npx + j] : mx;
+                for (int k = 0; k < DS4_WC_COUNT; k++) sum += e[k] = vexp(L[k * npx + j] - mx);
+                loss += (double)(logf(sum) + mx - L[tgt * npx + j]);   /* sum >= 1 (the max term) */
+                if (grads)
+                    for (int k = 0; k < DS4_WC_COUNT; k++) L[k * npx + j] = (e[k] / sum - (k == tgt)) * sc;
+            }
         }
         loss /= (double)npix;
     }
@@ -723,7 +774,7 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
 }
 /* ---- whole clips, in chunks of latent frames ------------------------------- */
 
-#define VTOK_CHUNK 30   /* latent frames computed per chunk (plus the halo) */
+#define VTOK_CHUNK 16   /* latent frames computed per chunk (plus the halo) */
 
 int ds4_vtok_latent_shape(const ds4_vtok *m, int T, int H, int W, int *Tl, int *Gh, int *Gw) {
     const int p = m->cfg.patch;
@@ -746,31 +797,55 @@ static void chunk_range(const ds4_vtok *m, int layers, int Tl, int t0, int t1, i
     *b = m->cfg.causal ? t1 : DS4_MIN(Tl, t1 + layers);
 }
 
+/* The model keeps one inference workspace (most callers encode or decode clip
+ * after clip of one size); a concurrent caller gets a private one. */
+static ds4_vtok_ws *ws_take(const ds4_vtok *cm, size_t tok) {
+    ds4_vtok *m = (ds4_vtok *)cm;   /* the cache is not part of the model's value */
+    int expected = 0;
+    if (!__atomic_compare_exchange_n(&m->ws_busy, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return ws_new(m, tok, 0);
+    if (!m->ws_cache || m->ws_cache->max_tok < tok) {
+        ds4_vtok_ws_free(m->ws_cache);
+        m->ws_cache = ws_new(m, tok, 0);
+        if (!m->ws_cache) {
+            __atomic_store_n(&m->ws_busy, 0, __ATOMIC_RELEASE);
+            return NULL;
+        }
+    }
+    return m->ws_cache;
+}
+
+static void ws_give(const ds4_vtok *cm, ds4_vtok_ws *w) {
+    ds4_vtok *m = (ds4_vtok *)cm;
+    if (w == m->ws_cache) __atomic_store_n(&m->ws_busy, 0, __ATOMIC_RELEASE);
+    else ds4_vtok_ws_free(w);
+}
+
 static int run_encoder(const ds4_vtok *m, const uint8_t *rgb, int T, int H, int W,
                        int32_t *codes, float *feat) {
     int Tl, Gh, Gw;
     if (ds4_vtok_latent_shape(m, T, H, W, &Tl, &Gh, &Gw) != 0) return -1;
-    const size_t per = (size_t)Gh * Gw, P = m->P;
-    const int halo = m->cfg.enc_layers;
-    float *x = ds4_malloc((size_t)Tl * per * P * sizeof(float));
-    ds4_vtok_ws *ws = ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per, 0);
-    if (!x || !ws) { free(x); ds4_vtok_ws_free(ws); return -1; }
-    ds4_vtok_patchify(rgb, T, H, W, m->cfg.tubelet, m->cfg.patch, 0, x);
+    const size_t per = (size_t)Gh * Gw, frame = (size_t)H * W * 3;
+    const int halo = m->cfg.enc_layers, tub = m->cfg.tubelet;
+    ds4_vtok_ws *ws = ws_take(m, (size_t)(VTOK_CHUNK + 2 * DS4_MAX(halo, 1 + m->cfg.dec_layers)) * per);
+    if (!ws) return -1;
     vtok_w Wt;
     bind(m, m->params, &Wt);
     for (int t0 = 0; t0 < Tl; t0 += VTOK_CHUNK) {
         int t1 = DS4_MIN(Tl, t0 + VTOK_CHUNK), a, b;
         chunk_range(m, halo, Tl, t0, t1, &a, &b);
         grid g = {1, b - a, Gh, Gw};
-        enc_forward(m, &Wt, ws, &g, x + (size_t)a * per * P, (size_t)(b - a) * per);
+        /* inputs of latent frames [a, b) (the decoder's buffer is free here) */
+        ds4_vtok_patchify(rgb + (size_t)a * tub * frame, DS4_MIN(T, b * tub) - a * tub, H, W, tub,
+                          m->cfg.patch, 0, ws->yr);
+        enc_forward(m, &Wt, ws, &g, ws->yr, (size_t)(b - a) * per);
         size_t skip = (size_t)(t0 - a) * per, n = (size_t)(t1 - t0) * per;
         if (codes) ds4_fsq_forward(&m->fsq, ws->z + skip * m->fsq.n, NULL, codes + t0 * per, n, 1);
         if (feat)
             memcpy(feat + (size_t)t0 * per * m->cfg.hidden, ws->eh + skip * m->cfg.hidden,
                    n * m->cfg.hidden * sizeof(float));
     }
-    free(x);
-    ds4_vtok_ws_free(ws);
+    ws_give(m, ws);
     return 0;
 }
 
@@ -788,7 +863,7 @@ int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int
     if (ds4_vtok_latent_shape(m, Tl * tub, Gh * p, Gw * p, &tl2, &gh2, &gw2) != 0) return -1;
     const size_t per = (size_t)Gh * Gw;
     const int halo = 1 + m->cfg.dec_layers;
-    ds4_vtok_ws *ws = ws_new(m, (size_t)(VTOK_CHUNK + 2 * halo) * per, 0);
+    ds4_vtok_ws *ws = ws_take(m, (size_t)(VTOK_CHUNK + 2 * DS4_MAX(halo, m->cfg.enc_layers)) * per);
     if (!ws) return -1;
     vtok_w Wt;
     bind(m, m->params, &Wt);
@@ -800,7 +875,7 @@ int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int
         for (size_t i = 0; i < n; i++)
             if (ds4_fsq_code_to_q(&m->fsq, codes[(size_t)a * per + i], ws->q + i * C) != 0) {
                 ds4_error_prefix("video decode: latent frame %zu token %zu", a + i / per, i % per);
-                ds4_vtok_ws_free(ws);
+                ws_give(m, ws);
                 return -1;
             }
         grid g = {1, b - a, Gh, Gw};
@@ -810,6 +885,6 @@ int ds4_vtok_decode(const ds4_vtok *m, const int32_t *codes, int Tl, int Gh, int
         ds4_vtok_unpatchify(ws->yr + skip * m->P, t1 - t0, Gh * p, Gw * p, tub, p,
                             rgb + (size_t)t0 * tub * frame);
     }
-    ds4_vtok_ws_free(ws);
+    ws_give(m, ws);
     return 0;
 }

@@ -26,7 +26,7 @@ void ds4_vtok_train_opts_defaults(ds4_vtok_train_opts *o) {
     o->eps = 1e-8f;
     o->grad_clip = 1.0f;
     o->flip = 1;
-    o->z_penalty = 0.1f;
+    o->z_penalty = 1.0f;
     o->seed = 1;
     o->eval_every = 250;
     o->eval_clips = 16;

@@ -74,7 +74,7 @@ int     ds4_fsq_code_to_q(const ds4_fsq *f, int32_t code, float *q);
  * dwconv() is the depthwise convolution over the same taps (one weight per
  * channel and tap, plus a bias).
  * Output (key "output"): "palette" (default): n_out = tubelet*patch*patch*7
- * logits per token, a distribution over the 7 SPEC palette colours per pixel,
+ * logits per token, laid out [colour][pixel], a distribution over the 7 SPEC palette colours per pixel,
  * trained with cross-entropy against each pixel's nearest palette colour and
  * decoded as the expected colour (sum_k p_k palette_k: the MSE-optimal value
  * under the predicted distribution, exact where the model is sure); "rgb":
@@ -121,6 +121,10 @@ typedef struct ds4_vtok {
     float   *params;        /* [n_params], 64-byte aligned */
     int      n_tensors;
     ds4_vtok_tensor tensors[DS4_VTOK_MAX_TENSORS];
+    int      sharp;                 /* runtime, palette output: decode the most likely colour
+                                       (argmax) instead of the expected colour (0) */
+    struct ds4_vtok_ws *ws_cache;   /* inference workspace kept between calls */
+    int      ws_busy;               /* ws_cache in use (atomic) */
 } ds4_vtok;
 
 /* A new model with random weights (deterministic from seed). */
@@ -222,7 +226,7 @@ typedef struct ds4_vtok_train_opts {
     float  weight_decay, beta1, beta2, eps, grad_clip;  /* 0.01, 0.9, 0.99, 1e-8, 1.0 */
     int    flip;            /* random left-right mirroring (1) */
     float  noise_frac;      /* first fraction of steps with noise instead of rounding (0) */
-    float  z_penalty;       /* FSQ input range penalty weight (ds4_vtok_ws_options) (0.1) */
+    float  z_penalty;       /* FSQ input range penalty weight (ds4_vtok_ws_options) (1.0) */
     uint64_t seed;
     long   eval_every;      /* 250; 0 = only at the end */
     int    eval_clips;      /* val clips per evaluation (16) */
