@@ -619,22 +619,6 @@ static int run_layer(const moe_opts *o) {
 }
 
 int bench_moe(int argc, char **argv) {
-    /* OpenMP workers spinning between parallel regions take the cores from
-     * OpenBLAS's threads and from everything else on a shared machine: a
-     * training step of the study ran 2.5x slower with the default policy on
-     * 2 loaded cores. libgomp reads OMP_WAIT_POLICY when it loads, so set it
-     * and start again (as ds4 serve does). */
-    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
-        char **args = calloc((size_t)argc + 3, sizeof *args);
-        if (args) {
-            args[0] = "ds4";
-            args[1] = "bench";
-            for (int i = 0; i < argc; i++) args[i + 2] = argv[i];
-            fflush(NULL);
-            execv("/proc/self/exe", args);
-            free(args);
-        }
-    }
     moe_opts o;
     opts_defaults(&o);
     int only = 0;

@@ -26,6 +26,7 @@ int cmd_bench(int argc, char **argv) {
     if (argc < 2 || cli_is_help(argv[1])) { help(); return argc < 2 ? 2 : 0; }
     for (size_t i = 0; i < sizeof BENCHES / sizeof BENCHES[0]; i++)
         if (!strcmp(argv[1], BENCHES[i].name)) return BENCHES[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "ds4 bench: '%s' is not implemented (available: train, decode)\n", argv[1]);
+    fprintf(stderr, "ds4 bench: unknown benchmark '%s'\n\n", argv[1]);
+    help();
     return 2;
 }

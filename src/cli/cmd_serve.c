@@ -152,21 +152,6 @@ int cmd_serve(int argc, char **argv) {
         } else return cli_unknown(cmd, a);
     }
     if (!model_dir) { fprintf(stderr, "ds4 %s: --model DIR is required (see --help)\n", cmd); return 2; }
-    /* OpenMP workers that spin between parallel regions take the CPU from
-     * the HTTP threads (and from everything else on a busy machine): with
-     * the default policy one stream fell to a few tokens/s on 2 loaded cores.
-     * libgomp reads OMP_WAIT_POLICY when it loads, so set it and start again. */
-    if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "PASSIVE", 1) == 0) {
-        char **args = calloc((size_t)argc + 2, sizeof *args);
-        if (args) {
-            args[0] = "ds4";
-            for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
-            fflush(NULL);
-            execv("/proc/self/exe", args);
-            free(args);
-        }
-        /* could not re-execute: run with the default policy */
-    }
     if (!batch_set && o.batch_tokens <= o.slots) o.batch_tokens = 2 * o.slots;
     char dname[256];
     dir_name(model_dir, dname, sizeof dname);
