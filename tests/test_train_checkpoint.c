@@ -21,6 +21,15 @@ static const char *TINY =
     " \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1,"
     " \"topk_per_group\": 2}";
 
+/* The same model with every load-balancing mechanism on (SPEC §1.2). */
+static const char *TINY_BALANCED =
+    "{\"vocab_size\": 50, \"hidden_size\": 16, \"intermediate_size\": 24, \"moe_intermediate_size\": 8,"
+    " \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"head_dim\": 8,"
+    " \"max_position_embeddings\": 32, \"first_k_dense_replace\": 1, \"n_routed_experts\": 4,"
+    " \"n_shared_experts\": 1, \"num_experts_per_tok\": 2, \"n_group\": 2, \"topk_group\": 1,"
+    " \"topk_per_group\": 2, \"router_bias_update_rate\": 0.01, \"aux_loss_alpha\": 0.01,"
+    " \"expert_capacity_factor\": 1.25}";
+
 static char g_dir[256];
 
 static void path(char *out, const char *name) { snprintf(out, 512, "%s/%s", g_dir, name); }
@@ -32,6 +41,8 @@ static int setup(void **state) {
     char p[512];
     path(p, "config.json");
     assert_int_equal(ds4_write_file_atomic(p, TINY, strlen(TINY)), 0);
+    path(p, "balanced.json");
+    assert_int_equal(ds4_write_file_atomic(p, TINY_BALANCED, strlen(TINY_BALANCED)), 0);
     int ids[3000];
     ds4_rng r;
     ds4_rng_seed(&r, 5);
@@ -48,9 +59,11 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+static const char *g_cfg_name = "config.json";
+
 static void opts(ds4_train_opts *o, const char *out, long steps, int resume, char *cfg, char *data) {
     ds4_train_opts_defaults(o);
-    path(cfg, "config.json");
+    path(cfg, g_cfg_name);
     path(data, "data.bin");
     o->config_path = cfg;
     o->data_path = data;
@@ -101,12 +114,11 @@ static int read_losses(const char *log, double *out, int max) {
     return n;
 }
 
-static void test_resume_bit_for_bit(void **state) {
-    (void)state;
+static void resume_case(const char *full_name, const char *part_name) {
     char cfg[512], data[512], full[512], part[512], log[600];
     ds4_train_opts o;
-    path(full, "full");
-    path(part, "part");
+    path(full, full_name);
+    path(part, part_name);
     opts(&o, full, 6, 0, cfg, data);
     if (ds4_train_run(&o) != 0) fail_msg("%s", ds4_error());
     /* the same 6-step run, interrupted after 3 steps, then resumed */
@@ -134,6 +146,31 @@ static void test_resume_bit_for_bit(void **state) {
     assert_memory_equal(a->params, b->params, a->layout.n_floats * sizeof(float));
     ds4_model_free(a);
     ds4_model_free(b);
+}
+
+static void test_resume_bit_for_bit(void **state) {
+    (void)state;
+    g_cfg_name = "config.json";
+    resume_case("full", "part");
+}
+
+/* Bias update, aux loss and capacity on: the bias is part of the checkpoint. */
+static void test_resume_balanced(void **state) {
+    (void)state;
+    g_cfg_name = "balanced.json";
+    resume_case("full-bal", "part-bal");
+    char d[512];
+    path(d, "part-bal");
+    ds4_model *m = ds4_model_load(d);
+    assert_non_null(m);
+    const ds4_tensor_info *t = ds4_layout_find(&m->layout, "model.layers.1.mlp.gate.e_score_correction_bias");
+    assert_non_null(t);
+    double mag = 0;
+    for (size_t i = 0; i < t->numel; i++) mag += fabs(m->params[t->offset + i]);
+    printf("bias L1 after 6 steps: %.4f\n", mag);
+    assert_true(mag > 0);                      /* the bias moved and was saved */
+    ds4_model_free(m);
+    g_cfg_name = "config.json";
 }
 
 /* Copies DIR/saved to DIR/NAME and applies a shell edit there. */
@@ -186,6 +223,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_save_load_equal),
         cmocka_unit_test(test_resume_bit_for_bit),
+        cmocka_unit_test(test_resume_balanced),
         cmocka_unit_test(test_broken_model_dirs),
         cmocka_unit_test(test_interrupted_save_detected),
     };
