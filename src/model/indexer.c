@@ -206,14 +206,15 @@ int ds4_indexer_topk(const float *I, int n, int k, int *out, void *scratch) {
             const float thr = rth_largest_small(sw, ns, r);
             m = compact_gt(I, n, thr, sv, si);
             if (m < k) {
-                /* ties at thr (relu zeros): if enough, the answer is every value
-                 * above thr plus the first k - m equal to it */
-                int eq = 0;
-                for (int j = 0; j < n; j++) eq += I[j] == thr;
-                if (m + eq >= k) {
-                    int need = k - m, o = 0;
-                    for (int j = 0; j < n && o < k; j++)
-                        if (I[j] > thr || (I[j] == thr && need-- > 0)) out[o++] = j;
+                /* ties at thr (relu zeros are common): the answer is every value
+                 * above thr plus the first k - m equal to it, if there are enough */
+                int *eqi = (int *)(void *)sw, ne = 0;
+                const int need = k - m;
+                for (int j = 0; j < n && ne < need; j++)
+                    if (I[j] == thr) eqi[ne++] = j;
+                if (ne == need) {           /* merge two increasing index lists */
+                    int a = 0, b = 0, o = 0;
+                    while (a < m || b < ne) out[o++] = (b >= ne || (a < m && si[a] < eqi[b])) ? si[a++] : eqi[b++];
                     return o;
                 }
             }
