@@ -64,7 +64,7 @@ static void opts_defaults(prune_opts *o) {
     o->heads = 2;
     o->head_dim = 64;
     o->ffn = 384;
-    o->steps = 300;
+    o->steps = 200;
     o->batch = 8;
     o->seq = 256;
     o->seed = 1;
@@ -109,7 +109,7 @@ static void help(void) {
            "  --tokenizer F             tokenizer.json [trained on --data, --vocab 2048]\n"
            "  --work DIR                models and token shards [bench-prune.work]\n"
            "  --hidden 128 --layers 4 --heads 2 --head-dim 64 --ffn 384\n"
-           "  --steps 300 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
+           "  --steps 200 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
            "  --index-topk 64 --index-heads 2 --index-dim 16 --window 0 --indexer-warmup [steps/20]\n"
            "  --eval-tokens 65536       held-out tokens for validation and agreement\n"
            "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
