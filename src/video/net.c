@@ -14,6 +14,7 @@
 
 #define VTOK_NORM_EPS 1e-5f
 #define VTOK_PIXBLK   64     /* pixels per block in the palette softmax */
+#define VTOK_PAR_MIN  (1 << 18)  /* elements of work below which loops stay on one thread */
 #define VTOK_ZMAX     2.0f   /* FSQ inputs beyond +-2 are penalised (see ds4_vtok_ws_options) */
 
 /* ---- parameter layout ------------------------------------------------------ */
@@ -167,7 +168,7 @@ void ds4_vtok_patchify(const uint8_t *rgb, int T, int H, int W, int tubelet, int
                        int flip, float *x) {
     const int Tl = (T + tubelet - 1) / tubelet, Gh = H / patch, Gw = W / patch;
     const size_t P = (size_t)tubelet * patch * patch * 3;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)Tl * Gh * Gw * P >= VTOK_PAR_MIN)
     for (int t = 0; t < Tl; t++)
         for (int gy = 0; gy < Gh; gy++)
             for (int gx = 0; gx < Gw; gx++) {
@@ -191,7 +192,7 @@ void ds4_vtok_unpatchify(const float *y, int Tl, int H, int W, int tubelet, int 
                          uint8_t *rgb) {
     const int Gh = H / patch, Gw = W / patch;
     const size_t P = (size_t)tubelet * patch * patch * 3;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)Tl * Gh * Gw * P >= VTOK_PAR_MIN)
     for (int t = 0; t < Tl; t++)
         for (int gy = 0; gy < Gh; gy++)
             for (int gx = 0; gx < Gw; gx++) {
@@ -222,7 +223,7 @@ static inline void grid_tap(int k, int *dt, int *dy, int *dx) {
 
 static void gather(const grid *g, const float *src, float *dst, int Ch, int K) {
     const int rows = g->S * g->Tl * g->Gh;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * g->Gw * K * Ch >= VTOK_PAR_MIN)
     for (int row = 0; row < rows; row++) {
         int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
         for (int x = 0; x < g->Gw; x++) {
@@ -246,7 +247,7 @@ static void gather(const grid *g, const float *src, float *dst, int Ch, int K) {
 /* Adjoint of gather: dsrc[m, c] += sum over taps k of ddst[m - offset(k), k*Ch + c]. */
 static void scatter_add(const grid *g, const float *ddst, float *dsrc, int Ch, int K) {
     const int rows = g->S * g->Tl * g->Gh;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * g->Gw * K * Ch >= VTOK_PAR_MIN)
     for (int row = 0; row < rows; row++) {
         int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
         for (int x = 0; x < g->Gw; x++) {
@@ -268,7 +269,7 @@ static void scatter_add(const grid *g, const float *ddst, float *dsrc, int Ch, i
 
 static void linear(float *y, const float *x, const vlin *l, size_t n, int in, int out) {
     ds4_matmul(y, x, l->w, (int)n, in, out, 0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * out >= VTOK_PAR_MIN)
     for (size_t i = 0; i < n; i++)
         for (int o = 0; o < out; o++) y[i * out + o] += l->b[o];
 }
@@ -309,7 +310,7 @@ static inline float sigm(float a) { return 1.0f / (1.0f + vexp(-a)); }
 
 /* h = silu(a) (acc = 0) or h += silu(a) (acc = 1) */
 static void silu(float *h, const float *a, size_t n, int acc) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= VTOK_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float v = a[i] * sigm(a[i]);
         h[i] = acc ? h[i] + v : v;
@@ -318,7 +319,7 @@ static void silu(float *h, const float *a, size_t n, int acc) {
 
 /* da = dh * silu'(a) (WRITTEN) */
 static void silu_backward(float *da, const float *dh, const float *a, size_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= VTOK_PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float s = sigm(a[i]);
         da[i] = dh[i] * s * (1.0f + a[i] * (1.0f - s));
@@ -331,7 +332,7 @@ static void silu_backward(float *da, const float *dh, const float *a, size_t n) 
 static void dwconv(const grid *g, const float *h, const float *wt, const float *b, float *u,
                    int H, int K) {
     const int rows = g->S * g->Tl * g->Gh;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((size_t)rows * g->Gw * K * H >= VTOK_PAR_MIN)
     for (int row = 0; row < rows; row++) {
         int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
         for (int x = 0; x < g->Gw; x++) {
@@ -356,7 +357,7 @@ static void dwconv_backward(const grid *g, const float *du, const float *h, cons
                             float *dh, float *gwt, float *db, int H, int K) {
     const int rows = g->S * g->Tl * g->Gh;
     const size_t N = (size_t)rows * g->Gw;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K * H >= VTOK_PAR_MIN)
     for (int row = 0; row < rows; row++) {
         int y = row % g->Gh, t = (row / g->Gh) % g->Tl, s = row / (g->Gh * g->Tl);
         for (int x = 0; x < g->Gw; x++) {
@@ -372,7 +373,7 @@ static void dwconv_backward(const grid *g, const float *du, const float *h, cons
             }
         }
     }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * K * H >= VTOK_PAR_MIN)
     for (int k = 0; k < K; k++) {
         int dt, dy, dx;
         grid_tap(k, &dt, &dy, &dx);
@@ -552,7 +553,7 @@ static void block_forward(const ds4_vtok *m, const vblock *B, bcache *bc, ds4_vt
     linear(bc->a, bc->v, &B->fc1, N, H, F);
     silu(bc->s, bc->a, N * F, 0);
     ds4_matmul(h, bc->s, B->fc2.w, (int)N, F, H, 1);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * H >= VTOK_PAR_MIN)
     for (size_t i = 0; i < N; i++)
         for (int c = 0; c < H; c++) h[i * H + c] += B->fc2.b[c];
 }
@@ -613,7 +614,7 @@ static void to_pixels(const ds4_vtok *m, const float *y, float *yr, size_t N) {
     palette_units(pal);
     const int npx = m->P / 3;
     /* per token, logits are [class][pixel]: softmax across 7 rows, vectorised over pixels */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * m->n_out >= VTOK_PAR_MIN)
     for (size_t n = 0; n < N; n++) {
         const float *L = y + n * m->n_out;   /* [7][npx] */
         float *out = yr + n * m->P;          /* [npx][3] */
@@ -687,7 +688,7 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
     to_pixels(m, y, ws->yr, N);
     const size_t NP = N * P;
     double se = 0;
-#pragma omp parallel for reduction(+ : se) schedule(static)
+#pragma omp parallel for reduction(+ : se) schedule(static) if (NP >= VTOK_PAR_MIN)
     for (size_t i = 0; i < NP; i++) {
         double d = (double)ws->yr[i] - x[i];
         se += d * d;
@@ -700,7 +701,7 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
         if (grads) {
             /* d loss / d y, in place of y: 2 (y - x) / NP * scale */
             const float sc = 2.0f * loss_scale / (float)NP;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NP >= VTOK_PAR_MIN)
             for (size_t i = 0; i < NP; i++) y[i] = (y[i] - x[i]) * sc;
         }
     } else {
@@ -711,7 +712,7 @@ double ds4_vtok_forward_backward(const ds4_vtok *m, ds4_vtok_ws *ws, const float
         const int npx = P / 3;
         const size_t npix = N * npx;
         const float sc = loss_scale / (float)npix;
-#pragma omp parallel for reduction(+ : loss) schedule(static)
+#pragma omp parallel for reduction(+ : loss) schedule(static) if (N * m->n_out >= VTOK_PAR_MIN)
         for (size_t n = 0; n < N; n++) {
             float *L = y + n * m->n_out;
             for (int j = 0; j < npx; j++) {

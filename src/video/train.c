@@ -58,7 +58,7 @@ void ds4_vtok_adamw_step(ds4_vtok_adamw *o, ds4_vtok *m, const float *grads, flo
         float *p = m->params + t->off, *mm = o->m + t->off, *vv = o->v + t->off;
         const float *g = grads + t->off;
         const size_t n = t->numel;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= (1 << 18))
         for (size_t i = 0; i < n; i++) {
             mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
             vv[i] = b2 * vv[i] + (1.0f - b2) * g[i] * g[i];
