@@ -35,7 +35,41 @@ static inline void row_dots(float *out, const float *w, const float *x, int n, i
     for (int j = 0; j < n; j++) out[j] = r[j];
 }
 
+/* n == 1: four weight rows at a time, so four independent streams and
+ * accumulator chains are in flight (short rows make per-row overhead count). */
+static void gemv4(float *y, const float *x, const float *w, int in, int out, int acc) {
+    const int out4 = out & ~3;
+    #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
+    for (int o = 0; o < out4; o += 4) {
+        const float *w0 = w + (size_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        float r[4] = {0, 0, 0, 0};
+        int k = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+        for (; k + 8 <= in; k += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + k);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+        }
+        r[0] = hsum256(a0); r[1] = hsum256(a1); r[2] = hsum256(a2); r[3] = hsum256(a3);
+#endif
+        for (; k < in; k++) {
+            r[0] += w0[k] * x[k]; r[1] += w1[k] * x[k]; r[2] += w2[k] * x[k]; r[3] += w3[k] * x[k];
+        }
+        for (int j = 0; j < 4; j++) y[o + j] = acc ? y[o + j] + r[j] : r[j];
+    }
+    for (int o = out4; o < out; o++) {
+        float d;
+        row_dots(&d, w + (size_t)o * in, x, 1, in);
+        y[o] = acc ? y[o] + d : d;
+    }
+}
+
 void ds4_matmul_small(float *y, const float *x, const float *w, int n, int in, int out, int acc) {
+    if (n == 1) { gemv4(y, x, w, in, out, acc); return; }
     for (int j0 = 0; j0 < n; j0 += 4) {
         const int nb = n - j0 < 4 ? n - j0 : 4;
         const float *xb = x + (size_t)j0 * in;
