@@ -4,10 +4,16 @@
 #   1. BPE tokenizer on the Brown corpus (4096 ids incl. the 6 specials)
 #   2. physics clips: ds4 world gen (train 400 x 4 s, val 16 x 4 s at 64x64, 24 fps)
 #   3. video tokenizer: ds4 vtok train (FSQ 8,5,5,5 = 1000 codes, 4 frames x 8x8 px per code)
-#   4. backbone: ds4 video train (configs/world.json), rows of caption + 8 latent
-#      frames (1.33 s) mixed with Brown text rows (20%), then F16 export.
-# Each stage is skipped when its output exists (delete WORK to start over).
-# usage: tools/train-world.sh [path/to/ds4] [out dir] [work dir]
+#   4. backbone: ds4 video train (configs/world.json, 2.75M parameters), rows of
+#      caption + 8 latent frames (1.33 s) mixed with Brown text rows (20%)
+#   5. ds4 video export: F16 backbone + video tokenizer into OUT (about 9 MB)
+# Each stage is skipped when its output exists; the backbone resumes from
+# WORK/model, so running again with a larger STEPS continues the same run.
+# The shipped model: STEPS=400 (31 min on the shared 2-core machine, 1 thread),
+# then STEPS=1000 on the same WORK dir (+25 min). On a busy machine use
+# OMP_NUM_THREADS=1: two spinning OpenMP threads on oversubscribed cores were
+# 3-10x slower here.
+# usage: [STEPS=N] [VTOK_STEPS=N] tools/train-world.sh [path/to/ds4] [out dir] [work dir]
 set -euo pipefail
 DS4=${1:-build/ds4}
 OUT=${2:-models/default}

@@ -32,7 +32,7 @@ static void usage(const char *name, int bench) {
            "  --horizon N       simulated frames (48 = 2 s)\n"
            "  --t2v N           text-to-video captions (= --clips; 0 = none)\n"
            "  --t2v-frames N    latent frames per text-to-video clip (6 = 1 s)\n"
-           "  --temp X --top-k K --top-p P --seed S   code sampling (0.8, 0, 1, 1234)\n"
+           "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1234)\n"
            "  --batch N         sequences per forward (all)\n"
            "  --json FILE       also write the JSON result to FILE\n",
            name, bench ? "optional" : "required, or simulated clips");

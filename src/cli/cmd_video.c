@@ -156,7 +156,7 @@ static void help(void) {
            "  --png DIR         also PNG frames DIR/frame_0000.png ...\n"
            "  --mp4 FILE        also an MP4 (needs ffmpeg; skipped with a note otherwise)\n"
            "  --json FILE       extracted ball trajectories (default: FILE.json next to --out)\n"
-           "  --temp X --top-k K --top-p P --seed S   code sampling (0.9, 0, 1, 1)\n"
+           "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1)\n"
            "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n");
 }
 

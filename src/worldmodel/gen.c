@@ -14,7 +14,7 @@
 void ds4_wm_gen_params_default(ds4_wm_gen_params *p) {
     memset(p, 0, sizeof *p);
     ds4_sampler_params_default(&p->sampler);
-    p->sampler.temperature = 0.8f;
+    p->sampler.temperature = 0.6f;   /* chosen on 8 validation clips (0.6 / 0.8 / 1.0) */
     p->sampler.seed = 1;
 }
 
