@@ -387,6 +387,14 @@ static void test_metrics(void **state) {
     /* red moved by 1 px, blue not at all: mean (1 * T + 0 * T) / 2T */
     assert_float_equal(ds4_vtok_eval_centroid(&st), 0.5, 1e-9);
     assert_float_equal(st.cent_max, 1.0, 1e-9);
+    /* half the errors are 0 (bin [0, 0.05)), half 1 (bin [1, 1.05)) */
+    assert_float_equal(ds4_vtok_eval_centroid_quantile(&st, 0.5), 0.05, 1e-9);
+    assert_float_equal(ds4_vtok_eval_centroid_quantile(&st, 0.95), 1.05, 1e-9);
+    ds4_vtok_eval_stats two = st;
+    ds4_vtok_eval_merge(&two, &st);
+    assert_int_equal(two.n_matched, 2 * st.n_matched);
+    assert_float_equal(ds4_vtok_eval_psnr(&two), ds4_vtok_eval_psnr(&st), 1e-9);
+    assert_float_equal(ds4_vtok_eval_centroid(&two), 0.5, 1e-9);
     free(a);
     free(b);
 }

@@ -316,11 +316,7 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
             printf("  clip %4d seed %-8llu psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
                    done, (unsigned long long)sh->seeds[k], ds4_vtok_eval_psnr(&one),
                    ds4_vtok_eval_centroid(&one), one.cent_max, one.n_matched, one.n_missed);
-            st->sq_err += one.sq_err; st->n_values += one.n_values; st->psnr_sum += one.psnr_sum;
-            st->n_clips += one.n_clips; st->cent_sum += one.cent_sum;
-            st->cent_max = one.cent_max > st->cent_max ? one.cent_max : st->cent_max;
-            st->n_matched += one.n_matched; st->n_missed += one.n_missed; st->n_spurious += one.n_spurious;
-            st->enc_s += one.enc_s; st->dec_s += one.dec_s; st->n_frames += one.n_frames;
+            ds4_vtok_eval_merge(st, &one);
         }
         ds4_world_shard_close(sh);
     }
@@ -380,8 +376,9 @@ static int vtok_eval(int argc, char **argv) {
     printf("video tokenizer %s on %s/%s: %d clips, %ld frames\n", model, data, split, st.n_clips, st.n_frames);
     printf("  PSNR (pooled MSE)       %7.2f dB\n", psnr);
     printf("  PSNR (mean per clip)    %7.2f dB\n", mean_psnr);
-    printf("  centroid error          %7.3f px mean, %.3f px max over %ld ball-frames\n", cent, st.cent_max,
-           st.n_matched);
+    double p50 = ds4_vtok_eval_centroid_quantile(&st, 0.5), p95 = ds4_vtok_eval_centroid_quantile(&st, 0.95);
+    printf("  centroid error          %7.3f px mean, median <= %.2f, p95 <= %.2f, max %.3f over %ld ball-frames\n",
+           cent, p50, p95, st.cent_max, st.n_matched);
     printf("  balls missed / spurious %7ld / %ld (%.2f%% missed)\n", st.n_missed, st.n_spurious,
            balls ? 100.0 * st.n_missed / balls : 0.0);
     printf("  encode + decode         %7.1f ms per clip (%.1f + %.1f)\n", ms,
@@ -389,9 +386,10 @@ static int vtok_eval(int argc, char **argv) {
     char line[1024];
     snprintf(line, sizeof line,
              "{\"bench\":\"vtok_eval\",\"model\":\"%s\",\"split\":\"%s\",\"clips\":%d,\"frames\":%ld,"
-             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"centroid_err_px\":%.5f,\"centroid_max_px\":%.4f,"
+             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"centroid_err_px\":%.5f,\"centroid_p50_px\":%.2f,\"centroid_p95_px\":%.2f,\"centroid_max_px\":%.4f,"
              "\"ball_frames\":%ld,\"missed\":%ld,\"spurious\":%ld,\"ms_per_clip\":%.2f,\"n_codes\":%d,\"sharp\":%d}",
-             model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(cent) ? -1.0 : cent, st.cent_max,
+             model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(cent) ? -1.0 : cent,
+             isnan(p50) ? -1.0 : p50, isnan(p95) ? -1.0 : p95, st.cent_max,
              st.n_matched, st.n_missed, st.n_spurious, ms, ds4_vtok_n_codes(m), sharp);
     printf("%s\n", line);
     int rc = 0;

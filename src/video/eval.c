@@ -54,6 +54,8 @@ int ds4_vtok_eval_compare(const uint8_t *a, const uint8_t *b, int T, int H, int 
                 double e = hypot(ca[k] - cb[k], ra[k] - rb[k]);
                 st->cent_sum += e;
                 if (e > st->cent_max) st->cent_max = e;
+                int bin = (int)(e / DS4_VTOK_CENT_BIN);
+                st->cent_hist[bin < DS4_VTOK_CENT_BINS ? bin : DS4_VTOK_CENT_BINS - 1]++;
                 st->n_matched++;
             } else if (fa[k]) {
                 st->n_missed++;
@@ -125,4 +127,31 @@ double ds4_vtok_eval_psnr(const ds4_vtok_eval_stats *st) {
 
 double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st) {
     return st->n_matched > 0 ? st->cent_sum / (double)st->n_matched : NAN;
+}
+
+double ds4_vtok_eval_centroid_quantile(const ds4_vtok_eval_stats *st, double q) {
+    if (st->n_matched <= 0) return NAN;
+    double want = q * (double)st->n_matched;
+    long seen = 0;
+    for (int i = 0; i < DS4_VTOK_CENT_BINS; i++) {
+        seen += st->cent_hist[i];
+        if ((double)seen >= want && seen > 0) return (i + 1) * DS4_VTOK_CENT_BIN;
+    }
+    return DS4_VTOK_CENT_BINS * DS4_VTOK_CENT_BIN;
+}
+
+void ds4_vtok_eval_merge(ds4_vtok_eval_stats *a, const ds4_vtok_eval_stats *b) {
+    a->sq_err += b->sq_err;
+    a->n_values += b->n_values;
+    a->psnr_sum += b->psnr_sum;
+    a->n_clips += b->n_clips;
+    a->cent_sum += b->cent_sum;
+    if (b->cent_max > a->cent_max) a->cent_max = b->cent_max;
+    for (int i = 0; i < DS4_VTOK_CENT_BINS; i++) a->cent_hist[i] += b->cent_hist[i];
+    a->n_matched += b->n_matched;
+    a->n_missed += b->n_missed;
+    a->n_spurious += b->n_spurious;
+    a->enc_s += b->enc_s;
+    a->dec_s += b->dec_s;
+    a->n_frames += b->n_frames;
 }

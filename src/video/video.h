@@ -74,8 +74,9 @@ int     ds4_fsq_code_to_q(const ds4_fsq *f, int32_t code, float *q);
  * dwconv() is the depthwise convolution over the same taps (one weight per
  * channel and tap, plus a bias).
  * Output (key "output"): "palette" (default): n_out = tubelet*patch*patch*7
- * logits per token, laid out [colour][pixel], a distribution over the 7 SPEC palette colours per pixel,
- * trained with cross-entropy against each pixel's nearest palette colour and
+ * logits per token, laid out [colour][pixel]: a distribution over the 7 SPEC
+ * palette colours per pixel (world.h order), trained with cross-entropy
+ * against each pixel's nearest palette colour and
  * decoded as the expected colour (sum_k p_k palette_k: the MSE-optimal value
  * under the predicted distribution, exact where the model is sure); "rgb":
  * n_out = P values regressed with MSE. */
@@ -256,6 +257,8 @@ void ds4_vtok_adamw_step(ds4_vtok_adamw *o, ds4_vtok *m, const float *grads, flo
  * found only in the reconstruction "spurious". */
 #define DS4_VTOK_EVAL_TOL      60
 #define DS4_VTOK_EVAL_MIN_AREA 3
+#define DS4_VTOK_CENT_BIN      0.05   /* px per histogram bin of centroid errors */
+#define DS4_VTOK_CENT_BINS     512    /* the last bin holds everything >= 25.55 px */
 
 typedef struct ds4_vtok_eval_stats {
     double sq_err;          /* sum of squared errors over RGB8 values */
@@ -263,6 +266,7 @@ typedef struct ds4_vtok_eval_stats {
     double psnr_sum;        /* sum of per-clip PSNR */
     int    n_clips;
     double cent_sum, cent_max;
+    long   cent_hist[DS4_VTOK_CENT_BINS];   /* matched ball-frames by error */
     long   n_matched, n_missed, n_spurious;
     double enc_s, dec_s;    /* time spent */
     long   n_frames;
@@ -280,6 +284,11 @@ int ds4_vtok_eval_dir(const ds4_vtok *m, const char *dir, const char *split, int
                       ds4_vtok_eval_stats *st);
 double ds4_vtok_eval_psnr(const ds4_vtok_eval_stats *st);       /* from the pooled MSE */
 double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st);   /* mean px, NAN if none */
+/* Quantile q in [0, 1] of the centroid errors, to DS4_VTOK_CENT_BIN (the upper
+ * edge of its bin); NAN if none. */
+double ds4_vtok_eval_centroid_quantile(const ds4_vtok_eval_stats *st, double q);
+/* Add the counts of b into a. */
+void   ds4_vtok_eval_merge(ds4_vtok_eval_stats *a, const ds4_vtok_eval_stats *b);
 
 /* ---- codes file -------------------------------------------------------------
  * Little-endian:
