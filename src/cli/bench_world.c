@@ -54,7 +54,8 @@ static void row(const char *label, const ds4_wm_eval_result *r, const char *fmt,
                  : which == 3 ? x->pos_at_px[1] : which == 4 ? x->pos_at_px[2] : which == 5 ? 100 * x->miss_rate
                  : which == 6 ? x->vel_median : which == 7 ? 100 * x->bounce_acc : which == 8 ? x->bounce_dt_mean
                  : which == 9 ? 100 * x->g_within15 : which == 10 ? 100 * x->g_rel_median
-                 : which == 11 ? 100 * x->count_acc : which == 12 ? x->count_abs_mean : x->fvd_proxy;
+                 : which == 11 ? 100 * x->count_acc : which == 12 ? x->count_abs_mean
+                 : which == 14 ? x->pos_mean_px : x->fvd_proxy;
         printf(" %11s", pf(b, sizeof b, v, fmt));
     }
     printf("\n");
@@ -71,6 +72,7 @@ static void print_table(const char *model, const char *src, const ds4_wm_eval_re
     row("  at +0.5 s (px)", r, "%.2f", 2);
     row("  at +1 s (px)", r, "%.2f", 3);
     row("  at +2 s (px)", r, "%.2f", 4);
+    row("  mean where found (px)", r, "%.2f", 14);
     row("balls missed (% pairs)", r, "%.1f%%", 5);
     row("velocity err median (m/s)", r, "%.2f", 6);
     row("bounce count right (% clips)", r, "%.0f%%", 7);

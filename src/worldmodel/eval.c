@@ -227,11 +227,13 @@ static int agg_add(agg *a, const ds4_wm_clip_metrics *m, double g_true) {
     int *ndt = realloc(a->dt, sizeof(int) * (size_t)a->cap_pos);
     if (!ndt) { ds4_set_error("out of memory in evaluation"); return -1; }
     a->dt = ndt;
-    memcpy(a->pos + a->n_pos, m->pos_err_px, sizeof(double) * (size_t)m->n_pairs);
-    memcpy(a->dt + a->n_pos, m->pos_dt, sizeof(int) * (size_t)m->n_pairs);
+    if (m->n_pairs > 0) {
+        memcpy(a->pos + a->n_pos, m->pos_err_px, sizeof(double) * (size_t)m->n_pairs);
+        memcpy(a->dt + a->n_pos, m->pos_dt, sizeof(int) * (size_t)m->n_pairs);
+    }
     a->n_pos += m->n_pairs;
     if (grow((void **)&a->vel, &a->cap_vel, a->n_vel + m->n_vel, sizeof(double))) return -1;
-    memcpy(a->vel + a->n_vel, m->vel_err, sizeof(double) * (size_t)m->n_vel);
+    if (m->n_vel > 0) memcpy(a->vel + a->n_vel, m->vel_err, sizeof(double) * (size_t)m->n_vel);
     a->n_vel += m->n_vel;
     a->missed += m->n_missed;
     a->clips++;

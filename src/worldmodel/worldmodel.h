@@ -44,7 +44,7 @@ int ds4_wm_layout_check_vtok(const ds4_wm_layout *L, const ds4_vtok *vt);
 static inline int ds4_wm_is_code(const ds4_wm_layout *L, int id) {
     return id >= L->code_offset && id < L->code_offset + L->n_codes;
 }
-/* Tokens of a sequence: 3 + n_caption + n_lat * (cpf + 1) (+1 with eov). */
+/* Tokens of a sequence: 2 + n_caption + n_lat * (cpf + 1) (+1 with eov). */
 static inline int ds4_wm_seq_len(const ds4_wm_layout *L, int n_caption, int n_lat, int eov) {
     return 2 + n_caption + n_lat * (L->cpf + 1) + (eov ? 1 : 0);
 }
