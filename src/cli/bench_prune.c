@@ -46,6 +46,8 @@ typedef struct prune_opts {
     long ctx[MAX_CTX], n_ctx, decode;
     long attn_ctx[MAX_CTX], n_attn_ctx, attn_heads, attn_kv_heads, attn_head_dim, attn_topk, attn_idx_heads,
          attn_idx_dim, attn_mem_heads, attn_mem_dim;
+    long seeds;                 /* trainings per run (seeds seed, seed+1, ...), paired across runs */
+    unsigned runs;              /* bit r: train run r */
     int do_study, do_timing, do_attn;
 } prune_opts;
 
@@ -87,6 +89,8 @@ static void opts_defaults(prune_opts *o) {
     o->attn_heads = 6; o->attn_kv_heads = 6; o->attn_head_dim = 64;
     o->attn_topk = 2048; o->attn_idx_heads = 4; o->attn_idx_dim = 32;
     o->attn_mem_heads = 2; o->attn_mem_dim = 32;
+    o->seeds = 1;
+    o->runs = (1u << N_RUNS) - 1;
     o->do_study = o->do_timing = o->do_attn = 1;
 }
 
@@ -112,6 +116,9 @@ static void help(void) {
            "  --steps 200 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
            "  --index-topk 64 --index-heads 2 --index-dim 16 --window 0 --indexer-warmup [steps/20]\n"
            "  --eval-tokens 65536       held-out tokens for validation and agreement\n"
+           "  --seeds 1                 train every run with N seeds (same seeds across runs: paired ratios,\n"
+           "                            mean and range reported); the first seed's models are timed\n"
+           "  --runs 0,1,2,3,4          which of the five runs to train (0 dense ... 4 30%% + indexer)\n"
            "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
            "  --attn-ctx 4096,8192,16384,32768 --attn-heads 6 --attn-kv-heads 6 --attn-head-dim 64\n"
            "  --attn-topk 2048 --attn-index-heads 4 --attn-index-dim 32\n"
@@ -213,9 +220,9 @@ static int eval_counters(const ds4_model *m, const int *val, size_t nval, int T,
 }
 
 static int train_one(const prune_opts *o, const ds4_config *cfg, const int *train, size_t ntrain,
-                     const int *val, size_t nval, int run, run_result *res) {
+                     const int *val, size_t nval, int run, long seed, int save, run_result *res) {
     const int B = (int)o->batch, T = (int)o->seq;
-    ds4_model *m = ds4_model_create(cfg, (uint64_t)o->seed);
+    ds4_model *m = ds4_model_create(cfg, (uint64_t)seed);
     ds4_train_ctx *ctx = m ? ds4_train_ctx_create(m, B, T) : NULL;
     float *grads = m ? ds4_alloc_aligned(m->layout.n_floats * sizeof(float)) : NULL;
     int *buf = ds4_malloc(sizeof(int) * (size_t)B * (T + 1));
@@ -224,7 +231,7 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
     int rc = -1;
     if (!m || !ctx || !grads || !buf || !saved || ds4_adamw_init(&opt, m) != 0) goto out;
     ds4_rng rng;
-    ds4_rng_seed(&rng, (uint64_t)o->seed * 7919 + 17);           /* same batches for every run */
+    ds4_rng_seed(&rng, (uint64_t)seed * 7919 + 17);               /* same batches for every run */
     const long iwarm = cfg->index_topk > 0 ? (o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup) : 0;
     const double t0 = ds4_time_s();
     double tail_loss = 0, agree_sum = 0, kl_sum = 0;
@@ -253,8 +260,8 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
             kl_sum += ps.kl;
         }
         if ((step + 1) % 50 == 0 || step + 1 == o->steps)
-            fprintf(stderr, "  [%s] step %ld/%ld loss %.4f%s (%.0f s)\n", RUN_DIR[run], step + 1, o->steps, loss,
-                    warm ? " (indexer warm-up)" : "", ds4_time_s() - t0);
+            fprintf(stderr, "  [%s seed %ld] step %ld/%ld loss %.4f%s (%.0f s)\n", RUN_DIR[run], seed, step + 1,
+                    o->steps, loss, warm ? " (indexer warm-up)" : "", ds4_time_s() - t0);
     }
     res->seconds = ds4_time_s() - t0;
     res->tokens_per_s = (double)o->steps * B * T / res->seconds;
@@ -281,7 +288,7 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
     }
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/%s", o->work, RUN_DIR[run]);
-    if (ds4_model_save(m, dir) != 0) goto out;
+    if (save && ds4_model_save(m, dir) != 0) goto out;
     rc = 0;
 out:
     ds4_adamw_free(&opt);
@@ -432,6 +439,51 @@ static int child_attn_mem(long T, long H, long Dh) {
 
 /* ---- study report ------------------------------------------------------------------------- */
 
+#define MAX_SEEDS 16
+
+/* acc += w * one, field by field (counters summed). */
+static void result_add(run_result *acc, const run_result *one, double w, int L) {
+    acc->val_loss += w * one->val_loss;
+    acc->val_topk += w * one->val_topk;
+    acc->train_loss += w * one->train_loss;
+    acc->seconds += w * one->seconds;
+    acc->tokens_per_s += w * one->tokens_per_s;
+    acc->train_agree += w * one->train_agree;
+    acc->train_kl += w * one->train_kl;
+    acc->agree += w * one->agree;
+    for (int l = 0; l < L; l++) {
+        acc->keep[l] += w * one->keep[l];
+        acc->eval[l].tokens += one->eval[l].tokens;
+        acc->eval[l].kept += one->eval[l].kept;
+        acc->eval[l].scored += one->eval[l].scored;
+        acc->eval[l].agree += one->eval[l].agree;
+    }
+}
+
+static double val_by_seed[N_RUNS][MAX_SEEDS];
+
+/* ,"key":[v0,...] over the runs, null where not a number */
+static void json_array(const char *key, const double *v) {
+    printf(",\"%s\":[", key);
+    for (int r = 0; r < N_RUNS; r++) {
+        if (isnan(v[r])) printf("%snull", r ? "," : "");
+        else printf("%s%.5f", r ? "," : "", v[r]);
+    }
+    printf("]");
+}
+
+/* Paired ratio val(r) / val(dense) per seed: mean, min, max. */
+static double paired_ratio(const prune_opts *o, int r, double *lo, double *hi) {
+    double sum = 0;
+    *lo = 1e30; *hi = -1e30;
+    for (long sd = 0; sd < o->seeds; sd++) {
+        const double q = val_by_seed[r][sd] / val_by_seed[0][sd];
+        sum += q;
+        *lo = fmin(*lo, q); *hi = fmax(*hi, q);
+    }
+    return sum / o->seeds;
+}
+
 static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
     int *train = NULL, *val = NULL;
     size_t ntrain = 0, nval = 0;
@@ -455,11 +507,20 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
     }
     fprintf(stderr, "ds4 %s --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run\n",
             CMD, ntrain, nval, vocab, o->steps, o->batch, o->seq, o->steps * o->batch * o->seq / 1e6);
-    for (int r = 0; r < N_RUNS; r++)
-        if (train_one(o, &cfgs[r], train, ntrain, val, nval, r, &res[r]) != 0) {
-            free(train); free(val);
-            return cli_fail(CMD);
+    /* every selected run with every seed; res[r] holds the means over seeds */
+    for (int r = 0; r < N_RUNS; r++) {
+        if (!(o->runs >> r & 1)) continue;
+        for (long sd = 0; sd < o->seeds; sd++) {
+            run_result one;
+            memset(&one, 0, sizeof one);
+            if (train_one(o, &cfgs[r], train, ntrain, val, nval, r, o->seed + sd, sd == 0, &one) != 0) {
+                free(train); free(val);
+                return cli_fail(CMD);
+            }
+            val_by_seed[r][sd] = one.val_loss;
+            result_add(&res[r], &one, 1.0 / o->seeds, cfgs[r].num_hidden_layers);
         }
+    }
     const ds4_config *cf = &cfgs[N_RUNS - 1];
     printf("ds4 bench prune --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
     printf("  model: V %d, D %d, L %d, %d heads x %d, FFN %d, tied embeddings; %.2fM training tokens per run\n"
@@ -475,21 +536,31 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
            "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n\n",
            o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,
            o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup);
+    if (o->seeds > 1)
+        printf("  %ld seeds per run (%ld..%ld): columns are means; 'vs dense' is the mean of the per-seed ratios,\n"
+               "  [min, max] over seeds after it.\n\n", o->seeds, o->seed, o->seed + o->seeds - 1);
     printf("  %-20s %9s %9s %9s %10s %9s %9s %7s %7s %6s\n", "run", "val loss", "vs dense", "(top-k)", "train loss",
            "agree(tr)", "agree(ev)", "kept", "tok/s", "time");
+    const int have_dense = o->runs & 1;
     for (int r = 0; r < N_RUNS; r++) {
+        if (!(o->runs >> r & 1)) continue;
         double kept = 0;
         for (int l = 0; l < cfgs[r].num_hidden_layers; l++) kept += res[r].keep[l];
         kept /= cfgs[r].num_hidden_layers;
         char atr[16] = "-", aev[16] = "-";
         if (!isnan(res[r].train_agree)) snprintf(atr, sizeof atr, "%.1f%%", 100 * res[r].train_agree);
         if (!isnan(res[r].agree)) snprintf(aev, sizeof aev, "%.1f%%", 100 * res[r].agree);
-        printf("  %-20s %9.4f %+8.2f%% %9.4f %10.4f %9s %9s %6.1f%% %7.0f %5.0fs\n", RUN_NAME[r], res[r].val_loss,
-               100 * (res[r].val_loss / res[0].val_loss - 1), res[r].val_topk, res[r].train_loss, atr, aev,
-               100 * kept, res[r].tokens_per_s, res[r].seconds);
+        double lo = NAN, hi = NAN, q = have_dense ? paired_ratio(o, r, &lo, &hi) : NAN;
+        char vtk[16] = "-";
+        if (!isnan(res[r].val_topk)) snprintf(vtk, sizeof vtk, "%.4f", res[r].val_topk);
+        printf("  %-20s %9.4f %+8.2f%% %9s %10.4f %9s %9s %6.1f%% %7.0f %5.0fs", RUN_NAME[r], res[r].val_loss,
+               100 * (q - 1), vtk, res[r].train_loss, atr, aev, 100 * kept, res[r].tokens_per_s, res[r].seconds);
+        if (o->seeds > 1 && have_dense) printf("  [%+.2f%%, %+.2f%%]", 100 * (lo - 1), 100 * (hi - 1));
+        printf("\n");
     }
     printf("\n  per pruned layer on held-out windows (ratio: kept by the causal rule, agreement with top-k):\n");
     for (int r = 1; r < N_RUNS; r++) {
+        if (!(o->runs >> r & 1)) continue;
         printf("  %-20s", RUN_NAME[r]);
         for (int l = 0; l < cfgs[r].num_hidden_layers; l++) {
             const float rho = ds4_prune_ratio(&cfgs[r], l);
@@ -500,8 +571,9 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
         }
         printf("\n");
     }
-    if (cf->index_topk > 0) printf("  indexer KL(p || softmax(I)) over the last quarter of training: %.4f (sum over layers)\n",
-                                   res[N_RUNS - 1].train_kl);
+    if (o->runs >> (N_RUNS - 1) & 1)
+        printf("  indexer KL(p || softmax(I)) over the last quarter of training: %.4f (sum over layers)\n",
+               res[N_RUNS - 1].train_kl);
     free(train); free(val);
     return 0;
 }
@@ -512,15 +584,17 @@ typedef struct timing { double prefill, prefill_cpu, decode, decode_cpu, kv_byte
 
 static int run_timing(const prune_opts *o, int *pass) {
     ds4_config cfgs[N_RUNS];
-    int present = 0;
+    int present = 0, have[N_RUNS];
     for (int r = 0; r < N_RUNS; r++) {
         char path[4300];
         snprintf(path, sizeof path, "%s/%s/config.json", o->work, RUN_DIR[r]);
-        if (ds4_config_load(&cfgs[r], path) != 0) {
-            fprintf(stderr, "ds4 %s --timing: %s (run --study first, same --work)\n", CMD, ds4_error());
-            return 1;
-        }
-        present++;
+        have[r] = ds4_file_exists(path) && ds4_config_load(&cfgs[r], path) == 0;
+        present += have[r];
+    }
+    if (!have[0] || !have[N_RUNS - 1]) {
+        fprintf(stderr, "ds4 %s --timing: needs at least %s/%s and %s/%s (run --study first, same --work)\n", CMD,
+                o->work, RUN_DIR[0], o->work, RUN_DIR[N_RUNS - 1]);
+        return 1;
     }
     timing tm[N_RUNS][MAX_CTX];
     char shard[4200];
@@ -529,6 +603,7 @@ static int run_timing(const prune_opts *o, int *pass) {
             o->decode, o->n_ctx, present);
     for (int ci = 0; ci < o->n_ctx; ci++)            /* contexts outside, models inside: drift hits all alike */
         for (int r = 0; r < N_RUNS; r++) {
+            if (!have[r]) continue;
             char dir[4300], sctx[32], sdec[32];
             snprintf(dir, sizeof dir, "%s/%s", o->work, RUN_DIR[r]);
             snprintf(sctx, sizeof sctx, "%ld", o->ctx[ci]);
@@ -567,6 +642,7 @@ static int run_timing(const prune_opts *o, int *pass) {
            "ms/tok", "", "prefill/decode");
     for (int ci = 0; ci < o->n_ctx; ci++)
         for (int r = 0; r < N_RUNS; r++) {
+            if (!have[r]) continue;
             ds4_cost cst;
             ds4_cost_layers(&cfgs[r], (double)o->ctx[ci], tm[r][ci].keep, NULL, &cst);
             const timing *t = &tm[r][ci], *d = &tm[0][ci];
@@ -721,7 +797,16 @@ int bench_prune(int argc, char **argv) {
         if (!(v = cli_value(argc, argv, &i))) return 2;
         double f;
         long n;
-        if (!strcmp(a, "--data")) o.data = v;
+        if (!strcmp(a, "--runs")) {
+            long rl[MAX_CTX], nr;
+            if (parse_list(v, rl, &nr, 0, N_RUNS - 1)) {
+                fprintf(stderr, "ds4 %s: --runs expects run numbers 0..%d separated by commas, got '%s'\n", CMD,
+                        N_RUNS - 1, v);
+                return 2;
+            }
+            o.runs = 0;
+            for (long k = 0; k < nr; k++) o.runs |= 1u << rl[k];
+        } else if (!strcmp(a, "--data")) o.data = v;
         else if (!strcmp(a, "--val")) o.val = v;
         else if (!strcmp(a, "--tokenizer")) o.tokenizer = v;
         else if (!strcmp(a, "--work")) o.work = v;
@@ -747,6 +832,7 @@ int bench_prune(int argc, char **argv) {
                 {"--steps", offsetof(prune_opts, steps), 1, 1 << 30}, {"--batch", offsetof(prune_opts, batch), 1, 4096},
                 {"--seq", offsetof(prune_opts, seq), 2, 1 << 20}, {"--seed", offsetof(prune_opts, seed), 0, 1L << 40},
                 {"--eval-tokens", offsetof(prune_opts, eval_tokens), 2, 1L << 40},
+                {"--seeds", offsetof(prune_opts, seeds), 1, MAX_SEEDS},
                 {"--indexer-warmup", offsetof(prune_opts, indexer_warmup), 0, 1 << 30},
                 {"--index-topk", offsetof(prune_opts, index_topk), 1, 1 << 20},
                 {"--index-heads", offsetof(prune_opts, index_heads), 1, 256},
@@ -791,19 +877,34 @@ int bench_prune(int argc, char **argv) {
     if (o.do_timing && (rc = run_timing(&o, &timing_pass)) != 0) return rc;
     if (o.do_attn && (rc = run_attn(&o, &speed)) != 0) return rc;
     printf("\nsummary (each a ratio measured in this run):\n");
-    if (o.do_study) {
-        const double dv = res[3].val_loss / res[0].val_loss - 1;
-        printf("  30%% schedule val loss vs unpruned      %+.2f%%   (target within 1%%)  %s\n", 100 * dv,
-               fabs(dv) <= 0.01 ? "met" : "NOT met");
-        const double dvf = res[4].val_loss / res[0].val_loss - 1;
-        printf("  30%% + indexer val loss vs unpruned     %+.2f%%\n", 100 * dvf);
-        printf("  causal decision agreement (held-out)   %.1f%% (30%%), %.1f%% (30%% + indexer)  (target >= 95%%)  %s\n",
-               100 * res[3].agree, 100 * res[4].agree, res[3].agree >= 0.95 && res[4].agree >= 0.95 ? "met" : "NOT met");
-        printf("{\"bench\":\"prune_study\",\"threads\":%d,\"tokens_per_run\":%ld,\"val_loss\":[%.5f,%.5f,%.5f,%.5f,%.5f],"
-               "\"val_ratio_30\":%.5f,\"val_ratio_full\":%.5f,\"agreement_30\":%.4f,\"agreement_full\":%.4f,"
-               "\"train_agreement_30\":%.4f}\n", omp_get_max_threads(), o.steps * o.batch * o.seq, res[0].val_loss,
-               res[1].val_loss, res[2].val_loss, res[3].val_loss, res[4].val_loss, 1 + dv, 1 + dvf, res[3].agree,
-               res[4].agree, res[3].train_agree);
+    if (o.do_study && (o.runs & 1)) {
+        double lo, hi, q[N_RUNS];
+        for (int r = 0; r < N_RUNS; r++) q[r] = o.runs >> r & 1 ? paired_ratio(&o, r, &lo, &hi) : NAN;
+        if (o.runs >> 3 & 1) {
+            paired_ratio(&o, 3, &lo, &hi);
+            printf("  30%% schedule val loss vs unpruned      %+.2f%%", 100 * (q[3] - 1));
+            if (o.seeds > 1) printf(" [%+.2f%%, %+.2f%%] over %ld seeds", 100 * (lo - 1), 100 * (hi - 1), o.seeds);
+            printf("   (target within 1%%)  %s\n", fabs(q[3] - 1) <= 0.01 ? "met" : "NOT met");
+        }
+        if (o.runs >> 4 & 1) printf("  30%% + indexer val loss vs unpruned     %+.2f%%\n", 100 * (q[4] - 1));
+        if ((o.runs >> 3 & 1) && (o.runs >> 4 & 1))
+            printf("  causal decision agreement (held-out)   %.1f%% (30%%), %.1f%% (30%% + indexer)  (target >= 95%%)  %s\n",
+                   100 * res[3].agree, 100 * res[4].agree, res[3].agree >= 0.95 && res[4].agree >= 0.95 ? "met" : "NOT met");
+        /* JSON: one entry per run, null for runs not trained */
+        double vl[N_RUNS], ag[N_RUNS], ta[N_RUNS];
+        for (int r = 0; r < N_RUNS; r++) {
+            const int on = o.runs >> r & 1;
+            vl[r] = on ? res[r].val_loss : NAN;
+            ag[r] = on ? res[r].agree : NAN;
+            ta[r] = on ? res[r].train_agree : NAN;
+        }
+        printf("{\"bench\":\"prune_study\",\"threads\":%d,\"tokens_per_run\":%ld,\"seeds\":%ld", omp_get_max_threads(),
+               o.steps * o.batch * o.seq, o.seeds);
+        json_array("val_loss", vl);
+        json_array("val_ratio", q);
+        json_array("agreement", ag);
+        json_array("train_agreement", ta);
+        printf("}\n");
     }
     if (o.do_timing)
         printf("  full configuration wall time at %ld ctx  %s (see the timing table)\n", o.ctx[o.n_ctx - 1],
