@@ -14,9 +14,9 @@
 void ds4_vtok_train_opts_defaults(ds4_vtok_train_opts *o) {
     memset(o, 0, sizeof *o);
     ds4_vtok_config_defaults(&o->cfg);
-    o->steps = 1500;
-    o->batch = 2;
-    o->window = 12;
+    o->steps = 600;
+    o->batch = 4;
+    o->window = 6;
     o->lr = 2e-3f;
     o->min_lr_frac = 0.05f;
     o->warmup = 100;

@@ -219,9 +219,9 @@ typedef struct ds4_vtok_train_opts {
     const char *data_dir;   /* from `ds4 world gen`: train-*.ds4w (+ val-*.ds4w when present) */
     const char *out_dir;    /* video.safetensors + video_config.json (+ train_log.jsonl) */
     ds4_vtok_config cfg;
-    long   steps;           /* 1500 */
-    int    batch;           /* windows per step (2) */
-    int    window;          /* latent frames per window (12); 0 = whole clips */
+    long   steps;           /* 600 */
+    int    batch;           /* windows per step (4) */
+    int    window;          /* latent frames per window (6 = 24 frames); 0 = whole clips */
     float  lr, min_lr_frac; /* 2e-3, 0.05 (cosine) */
     long   warmup;          /* 100 */
     float  weight_decay, beta1, beta2, eps, grad_clip;  /* 0.01, 0.9, 0.99, 1e-8, 1.0 */
