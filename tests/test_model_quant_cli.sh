@@ -38,7 +38,7 @@ paste "$T/a" "$T/b" | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d;
     END { printf "q8_0 vs fp32 logits: max |diff| %.4f, range %.2f\n", m, hi - lo;
           exit !(NR > 0 && m < 0.02 * (hi - lo)) }' >&2 || fail "q8_0 logits depart from fp32"
 
-head -c 20000 /work/shared/data/brown/val.txt > "$T/val.txt" 2>/dev/null || printf 'The jury said it did find that the city.\n%.0s' $(seq 200) > "$T/val.txt"
+head -c 20000 "$HERE/../../shared/data/brown/val.txt" > "$T/val.txt" 2>/dev/null || printf 'The jury said it did find that the city.\n%.0s' $(seq 200) > "$T/val.txt"
 "$DS4" eval --model "$T/q8" --data "$T/val.txt" >"$T/ev" 2>&1 || fail "eval q8_0: $(cat "$T/ev")"
 
 "$DS4" export-gguf --model "$T/q4k" --out "$T/m.gguf" >"$T/log" || fail "export-gguf: $(cat "$T/log")"
