@@ -54,6 +54,13 @@ int ds4_atomic_open(ds4_atomic_file *af, const char *path) {
     memset(af, 0, sizeof *af);
     if (strlen(path) >= sizeof af->path) { ds4_set_error("%s: path too long", path); return -1; }
     strcpy(af->path, path);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        af->direct = 1;
+        af->f = fopen(path, "wb");
+        if (!af->f) { ds4_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
+        return 0;
+    }
     snprintf(af->tmp, sizeof af->tmp, "%s.tmp.%d", path, (int)getpid());
     af->f = fopen(af->tmp, "wb");
     if (!af->f) { ds4_set_error("%s: cannot create: %s", af->tmp, strerror(errno)); return -1; }
@@ -71,10 +78,16 @@ int ds4_atomic_write(ds4_atomic_file *af, const void *data, size_t len) {
 void ds4_atomic_abort(ds4_atomic_file *af) {
     if (af->f) fclose(af->f);
     af->f = NULL;
-    if (af->tmp[0]) unlink(af->tmp);
+    if (af->tmp[0] && !af->direct) unlink(af->tmp);
 }
 
 int ds4_atomic_commit(ds4_atomic_file *af) {
+    if (af->direct) {
+        int bad = fclose(af->f) != 0;
+        af->f = NULL;
+        if (bad) { ds4_set_error("%s: write failed: %s", af->path, strerror(errno)); return -1; }
+        return 0;
+    }
     if (fflush(af->f) != 0 || fsync(fileno(af->f)) != 0) {
         ds4_set_error("%s: flush failed: %s", af->tmp, strerror(errno));
         ds4_atomic_abort(af);

@@ -16,11 +16,14 @@ void *ds4_alloc_aligned(size_t n);
 
 /* Read a whole file into a malloc'd NUL-terminated buffer. */
 int ds4_read_file(const char *path, char **data, size_t *len);
-/* Atomic write: write to "<path>.tmp.<pid>", fsync, rename over path, fsync dir. */
+/* Atomic write: write to "<path>.tmp.<pid>", fsync, rename over path, fsync dir.
+ * A target that exists and is not a regular file (/dev/null, /dev/stdout, a
+ * FIFO) is written in place: renaming over it would replace the device. */
 int ds4_write_file_atomic(const char *path, const void *data, size_t len);
 /* Streaming atomic writer for big files. */
 typedef struct ds4_atomic_file {
     FILE *f;
+    int   direct;    /* target is not a regular file (/dev/null, a FIFO): written in place */
     char path[4096];
     char tmp[4160];
 } ds4_atomic_file;
