@@ -101,7 +101,7 @@ static void test_config_errors(void **state) {
         {"{\"levels\": [3,3,3,3,3,3,3,3,3]}", "'levels'"},
         {"{\"n_codes\": 999}", "'n_codes' is 999"},
         {"{\"format\": \"other\"}", "'format'"},
-        {"{\"version\": 2}", "'version'"},
+        {"{\"version\": 1}", "'version'"},
         {"{\"causal\": 1}", "'causal'"},
         {"{\"output\": \"yuv\"}", "'output'"},
         {"{\"width\": 60}", "multiple of patch"},

@@ -10,6 +10,9 @@
 #include "video/video.h"
 
 #define VTOK_FORMAT "ds4-video-tokenizer"
+/* 2: palette logits laid out [colour][pixel] per token (version 1 files used
+ * [pixel][colour] with the same tensor shapes, so they are refused) */
+#define VTOK_VERSION 2
 
 void ds4_vtok_config_defaults(ds4_vtok_config *c) {
     memset(c, 0, sizeof *c);
@@ -68,7 +71,7 @@ char *ds4_vtok_config_to_json(const ds4_vtok_config *c) {
     cJSON *o = cJSON_CreateObject();
     if (!o) { ds4_set_error("video config: out of memory"); return NULL; }
     cJSON_AddStringToObject(o, "format", VTOK_FORMAT);
-    cJSON_AddNumberToObject(o, "version", 1);
+    cJSON_AddNumberToObject(o, "version", VTOK_VERSION);
     cJSON_AddNumberToObject(o, "width", c->width);
     cJSON_AddNumberToObject(o, "height", c->height);
     cJSON_AddNumberToObject(o, "fps", c->fps);
@@ -126,7 +129,7 @@ int ds4_vtok_config_parse(ds4_vtok_config *c, const char *json, const char *orig
             }
         } else if (!strcmp(key, "version")) {
             int v;
-            if (json_int(k, origin, 1, 1, &v)) goto done;
+            if (json_int(k, origin, VTOK_VERSION, VTOK_VERSION, &v)) goto done;
         } else if (!strcmp(key, "levels")) {
             int n = cJSON_GetArraySize(k);
             if (!cJSON_IsArray(k) || n < 1 || n > DS4_VTOK_MAX_LEVELS) {
