@@ -48,7 +48,7 @@
  *     fps                      24
  *     patch                    8           pixels per token side
  *     tubelet                  4           frames per token
- *     levels                   [8,5,5,5]   FSQ levels, 1..8 entries, each >= 2
+ *     levels                   [8,5,5,5]   FSQ levels, 1..8 entries, each >= 3 (L = 2 is undefined in SPEC FSQ)
  *     code_offset              derived     vocab_size - prod(levels) when absent (codes
  *                                          take the last ids of the vocabulary)
  *     hidden                   64          video tokenizer channels
@@ -442,8 +442,8 @@ static int validate_video(const ds4_config *c) {
         FAIL("key 'video.levels' must have 1 to 8 entries, got %d", v->n_levels);
     long long codes = 1;
     for (int i = 0; i < v->n_levels; i++) {
-        if (v->levels[i] < 2 || v->levels[i] > 65536)
-            FAIL("key 'video.levels': entry %d is %d, must be in [2, 65536]", i, v->levels[i]);
+        if (v->levels[i] < 3 || v->levels[i] > 65536)
+            FAIL("key 'video.levels': entry %d is %d, must be in [3, 65536] (SPEC FSQ: L = 2 makes atanh(offset / half) undefined)", i, v->levels[i]);
         codes *= v->levels[i];
         if (codes > c->vocab_size)
             FAIL("key 'video.levels': %lld+ codes do not fit in vocab_size %d", codes,
