@@ -80,8 +80,8 @@ static void help(void) {
            "  --elem-bytes N       bytes per activation element on the wire [2: bf16]\n"
            "routing / layer options:\n"
            "  --route-tokens N [4096]   --layer-tokens N [2048] (layer: D = --hidden x 4)\n"
-           "Threads: OMP_NUM_THREADS. OMP_WAIT_POLICY defaults to PASSIVE here (spinning workers\n"
-           "starve OpenBLAS's threads on a shared machine).\n");
+           "Threads: OMP_NUM_THREADS. OpenMP spin-waiting is bounded (GOMP_SPINCOUNT=10000\n"
+           "unless set; see src/main.c).\n");
 }
 
 /* ---- shared helpers ------------------------------------------------------ */

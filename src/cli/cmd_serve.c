@@ -42,7 +42,7 @@ static void usage(FILE *f) {
         "  --quiet            no request log on stderr\n\n"
         "Prints 'listening on http://HOST:PORT' on stdout once ready. A second\n"
         "SIGINT/SIGTERM cancels in-flight requests at once. Threads: OMP_NUM_THREADS;\n"
-        "OMP_WAIT_POLICY defaults to PASSIVE here (spinning workers starve the HTTP threads).\n");
+        "OpenMP spin-waiting is bounded (GOMP_SPINCOUNT=10000 unless set; see src/main.c).\n");
 }
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
