@@ -14,34 +14,16 @@
 #include <unistd.h>
 #include "io/safetensors.h"
 #include "util/util.h"
-
-static char g_dir[256];               /* per-run temporary directory */
-
-static const char *tmp_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
+#include "testutil.h"
 
 static int setup(void **state) {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/ds4_test_io_st_XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return tmpdir_make("io_st");
 }
 
 static int teardown(void **state) {
     (void)state;
-    DIR *d = opendir(g_dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (e->d_name[0] != '.') unlink(tmp_path(e->d_name));
-        closedir(d);
-    }
-    rmdir(g_dir);
-    return 0;
+    return tmpdir_remove();
 }
 
 #define assert_err_has(sub) do { \

@@ -14,23 +14,13 @@
 #include <unistd.h>
 #include "ds4.h"
 #include "util/util.h"
+#include "testutil.h"
 #include "video/video.h"
 #include "world/world.h"
 
-static char g_dir[256];
-
-static const char *tmp_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_dir, name);
-    return buf[k];
-}
-
 static int setup(void **state) {
     (void)state;
-    snprintf(g_dir, sizeof g_dir, "/tmp/ds4_test_video_train_XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
+    if (tmpdir_make("video_train") != 0) return -1;
     /* 8 train clips and 2 val clips of 16 frames at 32x32 */
     const char *splits[2] = {"train", "val"};
     for (int i = 0; i < 2; i++) {
@@ -44,9 +34,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* AdamW with bias correction; decay only on matrices. */
