@@ -46,55 +46,27 @@ static char *dup_field(const cJSON *o, const char *key, const char *path, int li
     return s;
 }
 
+static int parse_problem(const cJSON *o, void *rec, const char *path, int line) {
+    ds4_code_problem *q = rec;
+    q->task_id = dup_field(o, "task_id", path, line, 1);
+    q->prompt = q->task_id ? dup_field(o, "prompt", path, line, 1) : NULL;
+    q->canonical_solution = q->prompt ? dup_field(o, "canonical_solution", path, line, 0) : NULL;
+    q->test = q->canonical_solution ? dup_field(o, "test", path, line, 1) : NULL;
+    q->entry_point = q->test ? dup_field(o, "entry_point", path, line, 1) : NULL;
+    return q->entry_point ? 0 : -1;
+}
+
 int ds4_code_load(const char *path, ds4_code_problem **out, int *n_out) {
-    *out = NULL;
-    *n_out = 0;
-    char *text;
-    size_t len;
-    if (ds4_read_file(path, &text, &len)) return -1;
-    int cap = 16, n = 0, line = 0;
-    ds4_code_problem *p = ds4_calloc((size_t)cap, sizeof *p);
-    if (!p) { free(text); return -1; }
-    for (char *s = text, *e; s && *s; s = e ? e + 1 : NULL) {
-        e = strchr(s, '\n');
-        if (e) *e = 0;
-        line++;
-        if (strspn(s, " \t\r") == strlen(s)) continue;
-        cJSON *o = cJSON_Parse(s);
-        if (!o || !cJSON_IsObject(o)) {
-            ds4_set_error("%s line %d: not a JSON object", path, line);
-            cJSON_Delete(o);
-            goto fail;
-        }
-        if (n == cap) {
-            ds4_code_problem *q = realloc(p, (size_t)cap * 2 * sizeof *p);
-            if (!q) { cJSON_Delete(o); ds4_set_error("%s: out of memory", path); goto fail; }
-            p = q;
-            memset(p + cap, 0, (size_t)cap * sizeof *p);
-            cap *= 2;
-        }
-        ds4_code_problem *q = &p[n++];
-        q->task_id = dup_field(o, "task_id", path, line, 1);
-        q->prompt = q->task_id ? dup_field(o, "prompt", path, line, 1) : NULL;
-        q->canonical_solution = q->prompt ? dup_field(o, "canonical_solution", path, line, 0) : NULL;
-        q->test = q->canonical_solution ? dup_field(o, "test", path, line, 1) : NULL;
-        q->entry_point = q->test ? dup_field(o, "entry_point", path, line, 1) : NULL;
-        cJSON_Delete(o);
-        if (!q->entry_point) goto fail;
-    }
-    free(text);
-    if (n == 0) {
-        ds4_set_error("%s: no problems", path);
-        ds4_code_free(p, cap);
+    void *items;
+    int cap;
+    if (ds4_jsonl_load(path, sizeof **out, "problems", &items, n_out, &cap, parse_problem)) {
+        ds4_code_free(items, cap);     /* unused entries are zeroed: free(NULL) */
+        *out = NULL;
+        *n_out = 0;
         return -1;
     }
-    *out = p;
-    *n_out = n;
+    *out = items;
     return 0;
-fail:
-    free(text);
-    ds4_code_free(p, cap);     /* unused entries are zeroed: free(NULL) */
-    return -1;
 }
 
 char *ds4_code_program(const ds4_code_problem *p, const char *completion) {

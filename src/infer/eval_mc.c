@@ -23,7 +23,8 @@ void ds4_mc_free(ds4_mc_item *items, int n) {
 }
 
 /* One JSON object into *it; errors name path and line. */
-static int parse_item(const cJSON *o, ds4_mc_item *it, const char *path, int line) {
+static int parse_item(const cJSON *o, void *rec, const char *path, int line) {
+    ds4_mc_item *it = rec;
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(o, "question");
     const cJSON *ch = cJSON_GetObjectItemCaseSensitive(o, "choices");
     const cJSON *an = cJSON_GetObjectItemCaseSensitive(o, "answer");
@@ -78,49 +79,16 @@ static int parse_item(const cJSON *o, ds4_mc_item *it, const char *path, int lin
 }
 
 int ds4_mc_load(const char *path, ds4_mc_item **out, int *n_out) {
-    *out = NULL;
-    *n_out = 0;
-    char *text;
-    size_t len;
-    if (ds4_read_file(path, &text, &len)) return -1;
-    int cap = 64, n = 0, line = 0;
-    ds4_mc_item *items = ds4_calloc((size_t)cap, sizeof *items);
-    if (!items) { free(text); return -1; }
-    for (char *s = text, *e; s && *s; s = e ? e + 1 : NULL) {
-        e = strchr(s, '\n');
-        if (e) *e = 0;
-        line++;
-        if (strspn(s, " \t\r") == strlen(s)) continue;
-        cJSON *o = cJSON_Parse(s);
-        if (!o || !cJSON_IsObject(o)) {
-            ds4_set_error("%s line %d: not a JSON object", path, line);
-            cJSON_Delete(o);
-            goto fail;
-        }
-        if (n == cap) {
-            ds4_mc_item *q = realloc(items, (size_t)cap * 2 * sizeof *items);
-            if (!q) { cJSON_Delete(o); ds4_set_error("%s: out of memory", path); goto fail; }
-            items = q;
-            memset(items + cap, 0, (size_t)cap * sizeof *items);
-            cap *= 2;
-        }
-        int bad = parse_item(o, &items[n++], path, line);
-        cJSON_Delete(o);
-        if (bad) goto fail;
-    }
-    free(text);
-    if (n == 0) {
-        ds4_set_error("%s: no questions", path);
+    void *items;
+    int cap;
+    if (ds4_jsonl_load(path, sizeof **out, "questions", &items, n_out, &cap, parse_item)) {
         ds4_mc_free(items, cap);
+        *out = NULL;
+        *n_out = 0;
         return -1;
     }
     *out = items;
-    *n_out = n;
     return 0;
-fail:
-    free(text);
-    ds4_mc_free(items, cap);
-    return -1;
 }
 
 char *ds4_mc_context(const ds4_mc_item *it) {

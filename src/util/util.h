@@ -32,6 +32,16 @@ int ds4_atomic_write(ds4_atomic_file *af, const void *data, size_t len);
 int ds4_atomic_commit(ds4_atomic_file *af);   /* fsync + rename */
 void ds4_atomic_abort(ds4_atomic_file *af);   /* remove the temporary */
 int ds4_mkdir_p(const char *path);
+
+/* JSON Lines into a growable array of records of elem bytes: for each
+ * non-blank line, parse(object, record, path, line) fills a zeroed record
+ * (errors name path and line). On return *cap records are allocated, the
+ * unused ones zeroed, so the caller's free(items, cap) works after a failure
+ * too; *items stays allocated on failure for that reason. what names the
+ * records in "no <what>" for an empty file. */
+struct cJSON;
+int ds4_jsonl_load(const char *path, size_t elem, const char *what, void **items, int *n, int *cap,
+                   int (*parse)(const struct cJSON *o, void *record, const char *path, int line));
 int ds4_file_exists(const char *path);
 
 /* Deterministic RNG (xoshiro256**), state fully serialisable. */
