@@ -180,11 +180,51 @@ static void test_generate_wrapper(void **st) {
     assert_int_equal(ds4_generate(f->m, f->tok, "x", &p, collect, &a, &gs), -1);
 }
 
+/* A model whose vocabulary is larger than the tokenizer's (a world model's
+ * video codes sit above the text ids) never samples those ids as text. With
+ * the final norm zeroed every logit is 0: the full distribution is uniform, so
+ * 200 draws without the mask would hit the upper half with certainty. */
+static void test_text_ids_only(void **st) {
+    fixture *f = *st;
+    const int Vt = ds4_tokenizer_vocab_size(f->tok);
+    ds4_config c = f->m->cfg;
+    c.vocab_size = 2 * Vt;
+    ds4_model *m = ds4_model_create(&c, 5);
+    assert_non_null(m);
+    const ds4_tensor_info *norm = ds4_layout_find(&m->layout, "model.norm.weight");
+    assert_non_null(norm);
+    memset(m->params + norm->offset, 0, norm->numel * sizeof(float));
+    ds4_engine *e = ds4_engine_create(m, f->tok, 1, 0);
+    assert_non_null(e);
+    ds4_gen_params p;
+    ds4_gen_params_default(&p);
+    p.sampler.temperature = 1.0f;
+    p.sampler.seed = 3;
+    p.max_tokens = 100;
+    p.ignore_eos = 1;
+    int seen = 0;
+    for (int trial = 0; trial < 2; trial++) {
+        sink k = {0};
+        ds4_seq s;
+        p.sampler.seed = 3 + trial;
+        run(e, "the", &p, &k, &s);
+        for (int i = s.n_prompt; i < s.n_tokens; i++) {
+            assert_true(s.tokens[i] >= 0 && s.tokens[i] < Vt);
+            seen++;
+        }
+        ds4_seq_release(e, &s);
+    }
+    assert_int_equal(seen, 200);
+    ds4_engine_free(e);
+    ds4_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_equals_decode),
         cmocka_unit_test(test_stop_and_abort),
         cmocka_unit_test(test_generate_wrapper),
+        cmocka_unit_test(test_text_ids_only),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -237,6 +237,9 @@ static void seq_accept(ds4_engine *e, ds4_seq *s, int id) {
 
 int ds4_engine_step(ds4_engine *e, ds4_seq **seqs, int n) {
     int V = e->m->cfg.vocab_size;
+    /* Text is sampled only among ids the tokenizer has: a world model's video
+     * codes (ids at and above the tokenizer's vocabulary) are never text. */
+    int Vtext = e->tok ? DS4_MIN(V, ds4_tokenizer_vocab_size(e->tok)) : V;
     /* size the scratch: at most every pending token of every sequence */
     long need = 0;
     for (int i = 0; i < n; i++)
@@ -305,7 +308,7 @@ int ds4_engine_step(ds4_engine *e, ds4_seq **seqs, int n) {
         ds4_seq *s = seqs[i];
         if (chunk[i]) s->n_fed += chunk[i];
         if (orow[i] >= 0) {
-            int id = ds4_sampler_sample(&s->sampler, e->logits + (size_t)orow[i] * V, V);
+            int id = ds4_sampler_sample(&s->sampler, e->logits + (size_t)orow[i] * V, Vtext);
             if (id < 0) { seq_finish(s, DS4_FINISH_ERROR); failed = 1; }
             else seq_accept(e, s, id);
         }
