@@ -46,7 +46,8 @@ typedef struct prune_opts {
     long ctx[MAX_CTX], n_ctx, decode;
     long attn_ctx[MAX_CTX], n_attn_ctx, attn_heads, attn_kv_heads, attn_head_dim, attn_topk, attn_idx_heads,
          attn_idx_dim, attn_mem_heads, attn_mem_dim;
-    long seeds;                 /* trainings per run (seeds seed, seed+1, ...), paired across runs */
+    long seeds;                 /* trainings of dense and 30% (seeds seed, seed+1, ...), paired across runs */
+    long ramp_seeds;            /* trainings of the 10%, 20% and 30% + indexer runs (the first seeds) */
     unsigned runs;              /* bit r: train run r */
     int do_study, do_timing, do_attn;
 } prune_opts;
@@ -70,7 +71,7 @@ static void opts_defaults(prune_opts *o) {
     o->batch = 8;
     o->seq = 256;
     o->seed = 1;
-    o->eval_tokens = 65536;
+    o->eval_tokens = 0;             /* 0: every held-out token */
     o->indexer_warmup = -1;         /* -1: 5% of the steps */
     o->lr = 2e-3;
     o->ratios[0] = 0; o->ratios[1] = 0.1; o->ratios[2] = 0.2; o->ratios[3] = 0.3;
@@ -89,7 +90,8 @@ static void opts_defaults(prune_opts *o) {
     o->attn_heads = 6; o->attn_kv_heads = 6; o->attn_head_dim = 64;
     o->attn_topk = 2048; o->attn_idx_heads = 4; o->attn_idx_dim = 32;
     o->attn_mem_heads = 2; o->attn_mem_dim = 32;
-    o->seeds = 1;
+    o->seeds = 3;
+    o->ramp_seeds = 1;
     o->runs = (1u << N_RUNS) - 1;
     o->do_study = o->do_timing = o->do_attn = 1;
 }
@@ -115,9 +117,12 @@ static void help(void) {
            "  --hidden 128 --layers 4 --heads 2 --head-dim 64 --ffn 384\n"
            "  --steps 200 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
            "  --index-topk 64 --index-heads 2 --index-dim 16 --window 0 --indexer-warmup [steps/20]\n"
-           "  --eval-tokens 65536       held-out tokens for validation and agreement\n"
-           "  --seeds 1                 train every run with N seeds (same seeds across runs: paired ratios,\n"
-           "                            mean and range reported); the first seed's models are timed\n"
+           "  --eval-tokens N           held-out tokens for validation and agreement [0: all of --val]\n"
+           "  --seeds 3                 train dense and the 30%% run with N seeds each (seed, seed+1, ...;\n"
+           "                            same init seed and batches across runs, so ratios are paired); val\n"
+           "                            loss mean +- std per run, relative difference of the means with its\n"
+           "                            standard error; the first seed's models are timed\n"
+           "  --ramp-seeds 1            seeds for the 10%%, 20%% and 30%% + indexer runs (at most --seeds)\n"
            "  --runs 0,1,2,3,4          which of the five runs to train (0 dense ... 4 30%% + indexer)\n"
            "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
            "  --attn-ctx 4096,8192,16384,32768 --attn-heads 6 --attn-kv-heads 6 --attn-head-dim 64\n"
@@ -176,17 +181,10 @@ static int tokenize_file(const ds4_tokenizer *tok, const char *path, int **ids, 
     return rc;
 }
 
+static ds4_tokenizer *study_tokenizer(const prune_opts *o);
+
 static int load_data(const prune_opts *o, int **train, size_t *ntrain, int **val, size_t *nval, int *vocab) {
-    ds4_tokenizer *tok = NULL;
-    if (o->tokenizer) tok = ds4_tokenizer_load(o->tokenizer);
-    else {
-        char *text;
-        size_t len;
-        if (ds4_read_file(o->data, &text, &len) != 0) return -1;
-        fprintf(stderr, "training a %ld-token BPE tokenizer on %s...\n", o->vocab, o->data);
-        tok = ds4_tokenizer_train(text, len, (int)o->vocab, 0);
-        free(text);
-    }
+    ds4_tokenizer *tok = study_tokenizer(o);
     if (!tok) return -1;
     int rc = tokenize_file(tok, o->data, train, ntrain) || tokenize_file(tok, o->val, val, nval) ? -1 : 0;
     *vocab = ds4_tokenizer_vocab_size(tok);
@@ -269,11 +267,15 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
     res->train_agree = agree_n ? agree_sum / agree_n : NAN;
     res->train_kl = kl_sum / tail;
     /* validation: the inference path (causal keep rule, sparse attention) */
-    size_t ne = DS4_MIN(nval, (size_t)o->eval_tokens);
+    const size_t ne = nval;                  /* the caller passes the held-out tokens to use */
     ds4_eval_result er;
     if (ds4_eval_tokens(m, val, ne, T, 8, &er) != 0) goto out;
     res->val_loss = er.loss;
-    if (eval_counters(m, val, ne, T, res) != 0) goto out;
+    if (ds4_prune_any(cfg) && eval_counters(m, val, ne, T, res) != 0) goto out;
+    if (!ds4_prune_any(cfg)) {
+        res->agree = NAN;
+        for (int l = 0; l < cfg->num_hidden_layers; l++) res->keep[l] = 1.0;
+    }
     /* the same held-out tokens under the training rule (top-k per window), for reference */
     {
         const size_t span = (size_t)B * (T + 1);
@@ -461,6 +463,59 @@ static void result_add(run_result *acc, const run_result *one, double w, int L) 
 }
 
 static double val_by_seed[N_RUNS][MAX_SEEDS];
+static long eval_tokens_used;      /* held-out tokens of the study's validation */
+
+/* Seeds trained for run r: --seeds for dense and the 30% schedule (the
+ * comparison the target is about), --ramp-seeds for the others. */
+static long run_seeds(const prune_opts *o, int r) {
+    return r == 0 || r == 3 ? o->seeds : DS4_MIN(o->ramp_seeds, o->seeds);
+}
+
+/* Held-out tokens evaluated: --eval-tokens, 0 = all of them. */
+static size_t eval_count(const prune_opts *o, size_t nval) {
+    return o->eval_tokens > 0 ? DS4_MIN(nval, (size_t)o->eval_tokens) : nval;
+}
+
+/* Validation-loss statistics of one run against dense, over its seeds. */
+typedef struct val_stats {
+    long n;                  /* seeds */
+    double mean, sd;         /* val loss: mean, sample standard deviation (NAN for n = 1) */
+    double rel, rel_se;      /* mean(run) / mean(dense over the same seeds) - 1 and its standard
+                                error (delta method, runs independent; NAN for n = 1) */
+    double paired, paired_se;/* mean over seeds i of val(run, i) / val(dense, i) - 1, standard error
+                                sd / sqrt(n) (NAN for n = 1) */
+    double lo, hi;           /* min / max of the per-seed ratios - 1 */
+} val_stats;
+
+static void mean_sd(const double *v, long n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (long i = 0; i < n; i++) s += v[i];
+    *mean = s / n;
+    for (long i = 0; i < n; i++) q += (v[i] - *mean) * (v[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : NAN;
+}
+
+static val_stats study_stats(const prune_opts *o, int r) {
+    val_stats s;
+    const long n = run_seeds(o, r), n0 = n;      /* dense over the same seeds */
+    double m0, s0, ratio[MAX_SEEDS];
+    s.n = n;
+    mean_sd(val_by_seed[r], n, &s.mean, &s.sd);
+    mean_sd(val_by_seed[0], n0, &m0, &s0);
+    s.rel = s.mean / m0 - 1;
+    /* var(a / b) ~ var(a) / b^2 + a^2 var(b) / b^4 with var of a mean = sd^2 / n */
+    s.rel_se = n > 1 && n0 > 1 ? sqrt(s.sd * s.sd / n / (m0 * m0) + s.mean * s.mean * s0 * s0 / n0 / (m0 * m0 * m0 * m0))
+                               : NAN;
+    s.lo = 1e30; s.hi = -1e30;
+    for (long i = 0; i < n; i++) {
+        ratio[i] = val_by_seed[r][i] / val_by_seed[0][i] - 1;
+        s.lo = fmin(s.lo, ratio[i]); s.hi = fmax(s.hi, ratio[i]);
+    }
+    double psd;
+    mean_sd(ratio, n, &s.paired, &psd);
+    s.paired_se = n > 1 ? psd / sqrt((double)n) : NAN;
+    return s;
+}
 
 /* ,"key":[v0,...] over the runs, null where not a number */
 static void json_array(const char *key, const double *v) {
@@ -472,19 +527,32 @@ static void json_array(const char *key, const double *v) {
     printf("]");
 }
 
-/* Paired ratio val(r) / val(dense) per seed: mean, min, max. */
-static double paired_ratio(const prune_opts *o, int r, double *lo, double *hi) {
-    double sum = 0;
-    *lo = 1e30; *hi = -1e30;
-    for (long sd = 0; sd < o->seeds; sd++) {
-        const double q = val_by_seed[r][sd] / val_by_seed[0][sd];
-        sum += q;
-        *lo = fmin(*lo, q); *hi = fmax(*hi, q);
+/* Loads --tokenizer, or the one cached in --work for this --data and --vocab,
+ * or trains one on --data and caches it there. */
+static ds4_tokenizer *study_tokenizer(const prune_opts *o) {
+    if (o->tokenizer) return ds4_tokenizer_load(o->tokenizer);
+    char path[4300], key[4400];
+    snprintf(path, sizeof path, "%s/tokenizer-%ld.json", o->work, o->vocab);
+    snprintf(key, sizeof key, "%s/tokenizer-%ld.source", o->work, o->vocab);
+    char *src = NULL;
+    if (ds4_file_exists(path) && ds4_read_file(key, &src, NULL) == 0 && !strcmp(src, o->data)) {
+        free(src);
+        fprintf(stderr, "tokenizer: %s (cached; trained on %s)\n", path, o->data);
+        return ds4_tokenizer_load(path);
     }
-    return sum / o->seeds;
+    free(src);
+    char *text;
+    size_t len;
+    if (ds4_read_file(o->data, &text, &len) != 0) return NULL;
+    fprintf(stderr, "training a %ld-token BPE tokenizer on %s...\n", o->vocab, o->data);
+    ds4_tokenizer *tok = ds4_tokenizer_train(text, len, (int)o->vocab, 0);
+    free(text);
+    if (tok && ds4_mkdir_p(o->work) == 0 && ds4_tokenizer_save(tok, path) == 0)
+        ds4_write_file_atomic(key, o->data, strlen(o->data));
+    return tok;
 }
 
-static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
+static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_stats *vs) {
     int *train = NULL, *val = NULL;
     size_t ntrain = 0, nval = 0;
     int vocab;
@@ -505,58 +573,83 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res) {
         run_config(&cfgs[r], o, vocab, r);
         if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); return cli_fail(CMD); }
     }
-    fprintf(stderr, "ds4 %s --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run\n",
-            CMD, ntrain, nval, vocab, o->steps, o->batch, o->seq, o->steps * o->batch * o->seq / 1e6);
-    /* every selected run with every seed; res[r] holds the means over seeds */
-    for (int r = 0; r < N_RUNS; r++) {
-        if (!(o->runs >> r & 1)) continue;
-        for (long sd = 0; sd < o->seeds; sd++) {
+    const size_t ne = eval_count(o, nval);
+    eval_tokens_used = (long)ne;
+    fprintf(stderr, "ds4 %s --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run,"
+            " %ld seeds (dense, 30%%), %ld (others)\n", CMD, ntrain, nval, vocab, o->steps, o->batch, o->seq,
+            o->steps * o->batch * o->seq / 1e6, o->seeds, run_seeds(o, 1));
+    /* seed-major: an interrupted study still has whole seeds of every run */
+    for (long sd = 0; sd < o->seeds; sd++)
+        for (int r = 0; r < N_RUNS; r++) {
+            if (!(o->runs >> r & 1) || sd >= run_seeds(o, r)) continue;
             run_result one;
             memset(&one, 0, sizeof one);
-            if (train_one(o, &cfgs[r], train, ntrain, val, nval, r, o->seed + sd, sd == 0, &one) != 0) {
+            if (train_one(o, &cfgs[r], train, ntrain, val, ne, r, o->seed + sd, sd == 0, &one) != 0) {
                 free(train); free(val);
                 return cli_fail(CMD);
             }
             val_by_seed[r][sd] = one.val_loss;
-            result_add(&res[r], &one, 1.0 / o->seeds, cfgs[r].num_hidden_layers);
+            fprintf(stderr, "  [%s seed %ld] val loss %.4f (%zu held-out tokens), %.0f s\n", RUN_DIR[r], o->seed + sd,
+                    one.val_loss, ne, one.seconds);
+            result_add(&res[r], &one, 1.0 / run_seeds(o, r), cfgs[r].num_hidden_layers);
         }
-    }
+    const int have_dense = o->runs & 1;
+    for (int r = 0; r < N_RUNS; r++)
+        if (have_dense && (o->runs >> r & 1)) vs[r] = study_stats(o, r);
     const ds4_config *cf = &cfgs[N_RUNS - 1];
     printf("ds4 bench prune --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
     printf("  model: V %d, D %d, L %d, %d heads x %d, FFN %d, tied embeddings; %.2fM training tokens per run\n"
            "  (%ld steps x %ld x %ld, lr %g, same batches); held-out: %zu tokens of %s\n",
            vocab, cf->hidden_size, cf->num_hidden_layers, cf->num_attention_heads, cf->head_dim,
-           cf->intermediate_size, o->steps * o->batch * o->seq / 1e6, o->steps, o->batch, o->seq, o->lr,
-           DS4_MIN(nval, (size_t)o->eval_tokens), o->val);
+           cf->intermediate_size, o->steps * o->batch * o->seq / 1e6, o->steps, o->batch, o->seq, o->lr, ne, o->val);
     printf("  pruning: default schedule (no pruning in layers < L/2, linear ramp to the max ratio in the\n"
            "  last layer), router BCE weight %g; indexer: top-%d keys, %d heads x %d, window %d, %ld warm-up steps\n"
            "  val loss: the inference path (keep iff sigmoid(r) > 0.5, indexed sparse attention); (top-k): the\n"
            "  same tokens under the training rule; train loss: mean of the last quarter of the steps;\n"
            "  agree: causal decision vs top-k membership in pruned layers (tr: last quarter of training,\n"
-           "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n\n",
+           "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n",
            o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,
            o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup);
-    if (o->seeds > 1)
-        printf("  %ld seeds per run (%ld..%ld): columns are means; 'vs dense' is the mean of the per-seed ratios,\n"
-               "  [min, max] over seeds after it.\n\n", o->seeds, o->seed, o->seed + o->seeds - 1);
-    printf("  %-20s %9s %9s %9s %10s %9s %9s %7s %7s %6s\n", "run", "val loss", "vs dense", "(top-k)", "train loss",
-           "agree(tr)", "agree(ev)", "kept", "tok/s", "time");
-    const int have_dense = o->runs & 1;
+    printf("  seeds %ld.. (init and batches shared across runs: paired); other columns are means over seeds.\n\n",
+           o->seed);
+    printf("  %-20s %5s %17s %9s %10s %9s %9s %7s %7s %6s\n", "run", "seeds", "val loss (+-sd)", "(top-k)",
+           "train loss", "agree(tr)", "agree(ev)", "kept", "tok/s", "time");
     for (int r = 0; r < N_RUNS; r++) {
         if (!(o->runs >> r & 1)) continue;
         double kept = 0;
         for (int l = 0; l < cfgs[r].num_hidden_layers; l++) kept += res[r].keep[l];
         kept /= cfgs[r].num_hidden_layers;
-        char atr[16] = "-", aev[16] = "-";
+        char atr[16] = "-", aev[16] = "-", vtk[16] = "-", vl[32];
         if (!isnan(res[r].train_agree)) snprintf(atr, sizeof atr, "%.1f%%", 100 * res[r].train_agree);
         if (!isnan(res[r].agree)) snprintf(aev, sizeof aev, "%.1f%%", 100 * res[r].agree);
-        double lo = NAN, hi = NAN, q = have_dense ? paired_ratio(o, r, &lo, &hi) : NAN;
-        char vtk[16] = "-";
         if (!isnan(res[r].val_topk)) snprintf(vtk, sizeof vtk, "%.4f", res[r].val_topk);
-        printf("  %-20s %9.4f %+8.2f%% %9s %10.4f %9s %9s %6.1f%% %7.0f %5.0fs", RUN_NAME[r], res[r].val_loss,
-               100 * (q - 1), vtk, res[r].train_loss, atr, aev, 100 * kept, res[r].tokens_per_s, res[r].seconds);
-        if (o->seeds > 1 && have_dense) printf("  [%+.2f%%, %+.2f%%]", 100 * (lo - 1), 100 * (hi - 1));
+        if (run_seeds(o, r) > 1) snprintf(vl, sizeof vl, "%.4f +- %.4f", res[r].val_loss, vs[r].sd);
+        else snprintf(vl, sizeof vl, "%.4f", res[r].val_loss);
+        printf("  %-20s %5ld %17s %9s %10.4f %9s %9s %6.1f%% %7.0f %5.0fs\n", RUN_NAME[r], run_seeds(o, r), vl, vtk,
+               res[r].train_loss, atr, aev, 100 * kept, res[r].tokens_per_s, res[r].seconds);
+    }
+    if (have_dense) {
+        printf("\n  val loss vs dense (relative):\n");
+        printf("  %-20s %22s %22s %18s  %s\n", "run", "diff of means +- se", "paired mean +- se", "[min, max]",
+               "per-seed val loss");
+        printf("  %-20s %22s %22s %18s ", RUN_NAME[0], "", "", "");
+        for (long i = 0; i < run_seeds(o, 0); i++) printf(" %.4f", val_by_seed[0][i]);
         printf("\n");
+        for (int r = 1; r < N_RUNS; r++) {
+            if (!(o->runs >> r & 1)) continue;
+            const val_stats *s = &vs[r];
+            char a[40], b[40], c[40];
+            if (isnan(s->rel_se)) snprintf(a, sizeof a, "%+.2f%%", 100 * s->rel);
+            else snprintf(a, sizeof a, "%+.2f%% +- %.2f%%", 100 * s->rel, 100 * s->rel_se);
+            if (isnan(s->paired_se)) snprintf(b, sizeof b, "%+.2f%%", 100 * s->paired);
+            else snprintf(b, sizeof b, "%+.2f%% +- %.2f%%", 100 * s->paired, 100 * s->paired_se);
+            snprintf(c, sizeof c, "[%+.2f%%, %+.2f%%]", 100 * s->lo, 100 * s->hi);
+            printf("  %-20s %22s %22s %18s ", RUN_NAME[r], a, b, c);
+            for (long i = 0; i < s->n; i++) printf(" %.4f", val_by_seed[r][i]);
+            printf("\n");
+        }
+        printf("  (diff of means: mean(run) / mean(dense, same seeds) - 1, se by the delta method treating the runs as\n"
+               "  independent; paired: mean over seeds of val(run, seed) / val(dense, seed) - 1, se = sd / sqrt(n))\n");
     }
     printf("\n  per pruned layer on held-out windows (ratio: kept by the causal rule, agreement with top-k):\n");
     for (int r = 1; r < N_RUNS; r++) {
@@ -833,6 +926,7 @@ int bench_prune(int argc, char **argv) {
                 {"--seq", offsetof(prune_opts, seq), 2, 1 << 20}, {"--seed", offsetof(prune_opts, seed), 0, 1L << 40},
                 {"--eval-tokens", offsetof(prune_opts, eval_tokens), 2, 1L << 40},
                 {"--seeds", offsetof(prune_opts, seeds), 1, MAX_SEEDS},
+                {"--ramp-seeds", offsetof(prune_opts, ramp_seeds), 1, MAX_SEEDS},
                 {"--indexer-warmup", offsetof(prune_opts, indexer_warmup), 0, 1 << 30},
                 {"--index-topk", offsetof(prune_opts, index_topk), 1, 1 << 20},
                 {"--index-heads", offsetof(prune_opts, index_heads), 1, 256},
@@ -870,38 +964,58 @@ int bench_prune(int argc, char **argv) {
         fprintf(stderr, "ds4 %s: note: --index-topk %ld >= --seq %ld: training attention is dense\n", CMD, o.index_topk, o.seq);
 
     run_result res[N_RUNS];
+    val_stats vs[N_RUNS];
     memset(res, 0, sizeof res);
+    memset(vs, 0, sizeof vs);
     int vocab = 0, rc, timing_pass = 0;
     double speed = 0;
-    if (o.do_study && (rc = run_study(&o, &vocab, res)) != 0) return rc;
+    if (o.do_study && (rc = run_study(&o, &vocab, res, vs)) != 0) return rc;
     if (o.do_timing && (rc = run_timing(&o, &timing_pass)) != 0) return rc;
     if (o.do_attn && (rc = run_attn(&o, &speed)) != 0) return rc;
     printf("\nsummary (each a ratio measured in this run):\n");
     if (o.do_study && (o.runs & 1)) {
-        double lo, hi, q[N_RUNS];
-        for (int r = 0; r < N_RUNS; r++) q[r] = o.runs >> r & 1 ? paired_ratio(&o, r, &lo, &hi) : NAN;
         if (o.runs >> 3 & 1) {
-            paired_ratio(&o, 3, &lo, &hi);
-            printf("  30%% schedule val loss vs unpruned      %+.2f%%", 100 * (q[3] - 1));
-            if (o.seeds > 1) printf(" [%+.2f%%, %+.2f%%] over %ld seeds", 100 * (lo - 1), 100 * (hi - 1), o.seeds);
-            printf("   (target within 1%%)  %s\n", fabs(q[3] - 1) <= 0.01 ? "met" : "NOT met");
+            const val_stats *s = &vs[3];
+            printf("  30%% schedule val loss vs unpruned      %+.2f%%", 100 * s->rel);
+            if (!isnan(s->rel_se))
+                printf(" +- %.2f%% (se; paired %+.2f%% +- %.2f%%) over %ld seeds", 100 * s->rel_se, 100 * s->paired,
+                       100 * s->paired_se, s->n);
+            printf("   (target within 1%%)  %s\n", fabs(s->rel) <= 0.01 ? "met" : "NOT met");
+            if (!isnan(s->rel_se))
+                printf("    95%% interval of the difference (+-2 se): [%+.2f%%, %+.2f%%]%s\n", 100 * (s->rel - 2 * s->rel_se),
+                       100 * (s->rel + 2 * s->rel_se),
+                       fabs(s->rel) + 2 * s->rel_se <= 0.01 ? ", inside +-1%" : ", not entirely inside +-1%");
         }
-        if (o.runs >> 4 & 1) printf("  30%% + indexer val loss vs unpruned     %+.2f%%\n", 100 * (q[4] - 1));
+        for (int r = 1; r < N_RUNS; r++)
+            if (r != 3 && (o.runs >> r & 1))
+                printf("  %-22s val loss vs unpruned  %+.2f%% (%ld seed%s)\n", RUN_NAME[r], 100 * vs[r].rel, vs[r].n,
+                       vs[r].n > 1 ? "s" : "");
         if ((o.runs >> 3 & 1) && (o.runs >> 4 & 1))
             printf("  causal decision agreement (held-out)   %.1f%% (30%%), %.1f%% (30%% + indexer)  (target >= 95%%)  %s\n",
                    100 * res[3].agree, 100 * res[4].agree, res[3].agree >= 0.95 && res[4].agree >= 0.95 ? "met" : "NOT met");
         /* JSON: one entry per run, null for runs not trained */
-        double vl[N_RUNS], ag[N_RUNS], ta[N_RUNS];
+        double vl[N_RUNS], sdv[N_RUNS], rel[N_RUNS], se[N_RUNS], pr[N_RUNS], pse[N_RUNS], ag[N_RUNS], ta[N_RUNS], ns[N_RUNS];
         for (int r = 0; r < N_RUNS; r++) {
             const int on = o.runs >> r & 1;
-            vl[r] = on ? res[r].val_loss : NAN;
+            vl[r] = on ? vs[r].mean : NAN;
+            sdv[r] = on ? vs[r].sd : NAN;
+            rel[r] = on ? vs[r].rel : NAN;
+            se[r] = on ? vs[r].rel_se : NAN;
+            pr[r] = on ? vs[r].paired : NAN;
+            pse[r] = on ? vs[r].paired_se : NAN;
+            ns[r] = on ? (double)vs[r].n : NAN;
             ag[r] = on ? res[r].agree : NAN;
             ta[r] = on ? res[r].train_agree : NAN;
         }
-        printf("{\"bench\":\"prune_study\",\"threads\":%d,\"tokens_per_run\":%ld,\"seeds\":%ld", omp_get_max_threads(),
-               o.steps * o.batch * o.seq, o.seeds);
+        printf("{\"bench\":\"prune_study\",\"threads\":%d,\"tokens_per_run\":%ld,\"eval_tokens\":%ld",
+               omp_get_max_threads(), o.steps * o.batch * o.seq, eval_tokens_used);
+        json_array("seeds", ns);
         json_array("val_loss", vl);
-        json_array("val_ratio", q);
+        json_array("val_loss_sd", sdv);
+        json_array("val_rel_diff", rel);
+        json_array("val_rel_diff_se", se);
+        json_array("val_paired_diff", pr);
+        json_array("val_paired_diff_se", pse);
         json_array("agreement", ag);
         json_array("train_agreement", ta);
         printf("}\n");
