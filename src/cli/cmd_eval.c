@@ -10,6 +10,9 @@
 #include "cli/cli.h"
 #include "infer/evalh.h"
 #include "infer/infer.h"
+#include "lora/lora.h"
+#include "model/cost.h"
+#include "model/prune.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -21,10 +24,15 @@ static void usage(FILE *f) {
         "DS4TOK01 token shard. Windows of --ctx tokens start every --ctx tokens,\n"
         "each fed from position 0; every token but the first is predicted once.\n\n"
         "  --model DIR       model directory (config.json, model.safetensors, tokenizer.json)\n"
+        "  --lora ADAPTER    apply a LoRA adapter (ds4 finetune, PEFT layout)\n"
         "  --data FILE       evaluation text (or token shard)\n"
         "  --ctx T           window length (default min(512, max_position_embeddings))\n"
         "  --max-tokens N    use only the first N tokens of the data\n"
-        "  --batch B         windows per forward call (default 1)\n");
+        "  --batch B         windows per forward call (default 1)\n\n"
+        "Also prints the forward cost per token at context --ctx, per layer (FLOPs, KV-cache\n"
+        "bytes; src/model/cost.h); for a model that prunes tokens (SPEC 1.3), each pruned\n"
+        "layer's kept fraction under the causal rule and its agreement with top-k membership,\n"
+        "measured on the same windows (one more pass), and the cost uses those fractions.\n");
 }
 
 static const char *fmt_num(char *buf, size_t n, const char *fmt, double v) {
@@ -32,16 +40,66 @@ static const char *fmt_num(char *buf, size_t n, const char *fmt, double v) {
     return buf;
 }
 
+/* Cost per token at context T by layer (SPEC 1.3/1.4); for a pruned model the
+ * causal rule's kept fraction and its agreement with top-k membership on the
+ * same windows, and the cost with the measured keep fractions. */
+static int eval_cost(const ds4_model *m, const int *ids, size_t n, int T, const char *cmd) {
+    const ds4_config *c = &m->cfg;
+    const int L = c->num_hidden_layers, pruned = ds4_prune_any(c);
+    ds4_prune_counts pc[DS4_MAX_LAYERS];
+    double keep[DS4_MAX_LAYERS];
+    int64_t scored = 0, agree = 0;
+    if (pruned && ds4_prune_eval(m, ids, n, T, pc) != 0) return cli_fail(cmd);
+    for (int l = 0; l < L; l++) {
+        keep[l] = pruned && pc[l].tokens ? (double)pc[l].kept / (double)pc[l].tokens : 1.0;
+        if (pruned && ds4_prune_ratio(c, l) > 0) { scored += pc[l].scored; agree += pc[l].agree; }
+    }
+    ds4_cost k, d;
+    ds4_layer_cost lc[DS4_MAX_LAYERS];
+    ds4_cost_layers(c, (double)T, keep, lc, &k);
+    ds4_config plain = *c;               /* the same model dense and unpruned */
+    plain.n_prune_layers = 0;
+    plain.index_topk = plain.index_n_heads = plain.index_head_dim = 0;
+    plain.sliding_window = 0;
+    ds4_cost_per_token(&plain, (double)T, &d);
+    printf("cost per token at context %d%s:\n", T, pruned ? " (keep: measured on these windows)" : "");
+    printf("  %5s %7s %9s %11s %9s %8s\n", "layer", "keep", "attended", "MFLOP/tok", "KV B/tok", "agree");
+    for (int l = 0; l < L; l++) {
+        char ag[16] = "-";
+        if (pruned && ds4_prune_ratio(c, l) > 0 && pc[l].scored)
+            snprintf(ag, sizeof ag, "%.1f%%", 100.0 * (double)pc[l].agree / (double)pc[l].scored);
+        printf("  %5d %6.1f%% %9.0f %11.3f %9.0f %8s\n", l, 100 * lc[l].keep, lc[l].attended, lc[l].total / 1e6,
+               lc[l].kv_bytes, ag);
+    }
+    printf("  total %.3f MFLOP/tok (lm_head %.3f), KV %.0f B/tok; vs dense unpruned: %.1f%% fewer FLOPs, "
+           "%.1f%% fewer KV bytes\n", k.total / 1e6, k.lm_head / 1e6, k.kv_bytes, 100 * (1 - k.total / d.total),
+           100 * (1 - k.kv_bytes / d.kv_bytes));
+    if (pruned)
+        printf("  causal keep decision vs top-k membership (pruned layers): %.2f%% agreement over %lld tokens\n",
+               scored ? 100.0 * (double)agree / (double)scored : NAN, (long long)scored);
+    char ag_s[32];
+    printf("{\"cost\": {\"ctx\": %d, \"flops_per_token\": %.1f, \"kv_bytes_per_token\": %.1f, "
+           "\"dense_flops_per_token\": %.1f, \"dense_kv_bytes_per_token\": %.1f, \"prune_agreement\": %s, \"layers\": [",
+           T, k.total, k.kv_bytes, d.total, d.kv_bytes,
+           fmt_num(ag_s, sizeof ag_s, "%.5f", pruned && scored ? (double)agree / (double)scored : NAN));
+    for (int l = 0; l < L; l++)
+        printf("%s{\"keep\": %.5f, \"flops\": %.1f, \"kv_bytes\": %.1f}", l ? ", " : "", lc[l].keep, lc[l].total,
+               lc[l].kv_bytes);
+    printf("]}}\n");
+    return 0;
+}
+
 static int eval_perplexity(int argc, char **argv, const char *cmd) {
-    const char *model_dir = NULL, *data = NULL;
+    const char *model_dir = NULL, *data = NULL, *lora = NULL;
     long ctx = 0, max_tokens = 0, batch = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--model") || !strcmp(a, "--data") || !strcmp(a, "--ctx") ||
+        else if (!strcmp(a, "--model") || !strcmp(a, "--lora") || !strcmp(a, "--data") || !strcmp(a, "--ctx") ||
                  !strcmp(a, "--max-tokens") || !strcmp(a, "--batch")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--lora")) lora = v;
             else if (!strcmp(a, "--data")) data = v;
             else if (!strcmp(a, "--ctx")) { if (cli_int(cmd, a, v, 1, 1L << 30, &ctx)) return 2; }
             else if (!strcmp(a, "--max-tokens")) { if (cli_int(cmd, a, v, 2, 1L << 40, &max_tokens)) return 2; }
@@ -58,7 +116,7 @@ static int eval_perplexity(int argc, char **argv, const char *cmd) {
 
     ds4_model *m;
     ds4_tokenizer *tok = NULL;
-    if (ds4_open_model_dir(model_dir, &m, is_shard ? NULL : &tok)) { free(text); return cli_fail(cmd); }
+    if (ds4_open_model_lora(model_dir, lora, &m, is_shard ? NULL : &tok)) { free(text); return cli_fail(cmd); }
     int *ids = NULL;
     size_t n = 0;
     int rc = 1;
@@ -84,6 +142,7 @@ static int eval_perplexity(int argc, char **argv, const char *cmd) {
            "\"tok_s\": %.2f, \"seconds\": %.3f}\n",
            fmt_num(loss_s, sizeof loss_s, "%.6f", r.loss), fmt_num(ppl_s, sizeof ppl_s, "%.6f", r.ppl),
            r.tokens, r.windows, T, r.tok_s, r.seconds);
+    if (eval_cost(m, ids, n, T, cmd) != 0) goto done;
     rc = 0;
 done:
     free(ids);
@@ -104,6 +163,7 @@ static void usage_mc(FILE *f) {
         "\" <choice>\" after \"Question: <question>\\nAnswer:\"; acc takes the choice with the\n"
         "highest sum, acc_norm the highest mean per token.\n\n"
         "  --model DIR       model directory\n"
+        "  --lora ADAPTER    apply a LoRA adapter\n"
         "  --data F.jsonl    questions\n"
         "  --limit N         only the first N questions\n"
         "  --bos             prepend <|bos|> to every context (default: no, as in training)\n"
@@ -158,7 +218,7 @@ static void mc_item(int index, const ds4_mc_item *it, const ds4_mc_item_result *
 }
 
 static int eval_mc(int argc, char **argv) {
-    const char *cmd = "eval mc", *model_dir = NULL, *data = NULL, *out = NULL;
+    const char *cmd = "eval mc", *lora = NULL, *model_dir = NULL, *data = NULL, *out = NULL;
     long limit = 0;
     int bos = 0, verbose = 0;
     for (int i = 1; i < argc; i++) {
@@ -166,10 +226,11 @@ static int eval_mc(int argc, char **argv) {
         if (cli_is_help(a)) { usage_mc(stdout); return 0; }
         else if (!strcmp(a, "--bos")) bos = 1;
         else if (!strcmp(a, "--verbose")) verbose = 1;
-        else if (!strcmp(a, "--model") || !strcmp(a, "--data") || !strcmp(a, "--limit") ||
+        else if (!strcmp(a, "--model") || !strcmp(a, "--lora") || !strcmp(a, "--data") || !strcmp(a, "--limit") ||
                  !strcmp(a, "--out")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--lora")) lora = v;
             else if (!strcmp(a, "--data")) data = v;
             else if (!strcmp(a, "--out")) out = v;
             else if (cli_int(cmd, a, v, 1, 1L << 30, &limit)) return 2;
@@ -183,7 +244,7 @@ static int eval_mc(int argc, char **argv) {
     n = limit > 0 && n_all > limit ? (int)limit : n_all;
     ds4_model *m;
     ds4_tokenizer *tok;
-    if (ds4_open_model_dir(model_dir, &m, &tok)) { ds4_mc_free(items, n_all); return cli_fail(cmd); }
+    if (ds4_open_model_lora(model_dir, lora, &m, &tok)) { ds4_mc_free(items, n_all); return cli_fail(cmd); }
     mc_ctx x = {.verbose = verbose};
     int rc = 1;
     if (out && !(x.out = fopen(out, "w"))) {
@@ -253,6 +314,7 @@ static void usage_code(FILE *f) {
         "a wall-clock timeout; as root also user nobody and new network and PID namespaces.\n"
         "pass@k is the unbiased estimator 1 - C(n-c,k)/C(n,k), averaged over problems.\n\n"
         "  --model DIR         model directory\n"
+        "  --lora ADAPTER      apply a LoRA adapter\n"
         "  --data F.jsonl      problems\n"
         "  --samples N         completions per problem (default 1)\n"
         "  --k LIST            pass@k to report, comma separated (default 1,10; k <= N)\n"
@@ -291,7 +353,7 @@ static int parse_k_list(const char *s, int *ks, int cap) {
 }
 
 static int eval_code(int argc, char **argv) {
-    const char *cmd = "eval code", *model_dir = NULL, *data = NULL, *out = NULL, *python = NULL;
+    const char *cmd = "eval code", *lora = NULL, *model_dir = NULL, *data = NULL, *out = NULL, *python = NULL;
     long samples = 1, max_tokens = 256, seed = 1234, batch = 0, limit = 0, nproc = 32, mem_mb = 1024;
     double temperature = -1, top_p = -1, timeout = 10, cpu = 5;
     int canonical = 0, bos = 0, net = 1, require_iso = 0, verbose = 0, ks[16] = {1, 10}, n_k = 2;
@@ -303,7 +365,7 @@ static int eval_code(int argc, char **argv) {
         else if (!strcmp(a, "--no-net-isolation")) net = 0;
         else if (!strcmp(a, "--require-isolation")) require_iso = 1;
         else if (!strcmp(a, "--verbose")) verbose = 1;
-        else if (!strcmp(a, "--model") || !strcmp(a, "--data") || !strcmp(a, "--out") ||
+        else if (!strcmp(a, "--model") || !strcmp(a, "--lora") || !strcmp(a, "--data") || !strcmp(a, "--out") ||
                  !strcmp(a, "--python") || !strcmp(a, "--samples") || !strcmp(a, "--k") ||
                  !strcmp(a, "--temperature") || !strcmp(a, "--top-p") || !strcmp(a, "--max-tokens") ||
                  !strcmp(a, "--seed") || !strcmp(a, "--batch") || !strcmp(a, "--limit") ||
@@ -311,6 +373,7 @@ static int eval_code(int argc, char **argv) {
                  !strcmp(a, "--nproc")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--lora")) lora = v;
             else if (!strcmp(a, "--data")) data = v;
             else if (!strcmp(a, "--out")) out = v;
             else if (!strcmp(a, "--python")) python = v;
@@ -392,7 +455,7 @@ static int eval_code(int argc, char **argv) {
     gp.add_bos = bos;
     if (!canonical) {
         if (ds4_sampler_params_validate(&gp.sampler)) { cli_fail(cmd); goto done; }
-        if (ds4_open_model_dir(model_dir, &m, &tok)) { cli_fail(cmd); goto done; }
+        if (ds4_open_model_lora(model_dir, lora, &m, &tok)) { cli_fail(cmd); goto done; }
         if (!(e = ds4_engine_create(m, tok, slots, 0))) { cli_fail(cmd); goto done; }
     }
     if (out && !(fo = fopen(out, "w"))) { fprintf(stderr, "ds4 %s: cannot write %s\n", cmd, out); goto done; }

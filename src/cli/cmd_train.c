@@ -31,6 +31,8 @@ static void help(void) {
            "  --eval-batches N  validation batches (8)\n"
            "  --save-every N    checkpoint interval in steps (500; always at the end)\n"
            "  --stop-after N    stop after N steps of this run, with a checkpoint (resume later)\n"
+           "  --indexer-warmup N  first N steps train only the lightning indexer (its KL loss, dense\n"
+           "                    attention; SPEC 1.4); models with index_topk > 0 only (0 = off)\n"
            "  --log F           JSON Lines log (DIR/train_log.jsonl)\n"
            "  --quiet           no live progress line\n"
            "Threads: OMP_NUM_THREADS (default: all cores).\n");
@@ -61,6 +63,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) { if (cli_int("train", a, v, 0, 1L << 62, &n)) return 2; o.seed = (uint64_t)n; }
         else if (!strcmp(a, "--eval-every")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.eval_every = n; }
         else if (!strcmp(a, "--eval-batches")) { if (cli_int("train", a, v, 1, 1L << 20, &n)) return 2; o.eval_batches = n; }
+        else if (!strcmp(a, "--indexer-warmup")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.indexer_warmup = n; }
         else if (!strcmp(a, "--stop-after")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.stop_after = n; }
         else if (!strcmp(a, "--save-every")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.save_every = n; }
         else if (!strcmp(a, "--lr")) { if (cli_float("train", a, v, &x)) return 2; o.lr = (float)x; }
