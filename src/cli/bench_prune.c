@@ -202,14 +202,16 @@ typedef struct run_result {
     double agree;                            /* eval agreement over pruned layers */
 } run_result;
 
-/* Held-out windows through the inference path: per-layer keep and agreement
- * counters of the causal rule (top-k membership known: whole windows). */
-static int eval_counters(const ds4_model *m, const int *val, size_t nval, int T, run_result *r) {
+/* Held-out windows through the inference path, one pass: validation loss and
+ * per-layer keep and agreement counters of the causal rule (top-k membership
+ * known: whole windows). */
+static int eval_inference(const ds4_model *m, const int *val, size_t nval, int T, run_result *r) {
     const ds4_config *c = &m->cfg;
-    if (ds4_prune_eval(m, val, nval, T, r->eval) != 0) return -1;
+    if (ds4_prune_eval_loss(m, val, nval, T, r->eval, &r->val_loss, NULL) != 0) return -1;
     int64_t scored = 0, agree = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         r->keep[l] = r->eval[l].tokens ? (double)r->eval[l].kept / r->eval[l].tokens : 1.0;
+        if (ds4_prune_ratio(c, l) <= 0) continue;
         scored += r->eval[l].scored;
         agree += r->eval[l].agree;
     }
@@ -268,21 +270,20 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
     res->train_kl = kl_sum / tail;
     /* validation: the inference path (causal keep rule, sparse attention) */
     const size_t ne = nval;                  /* the caller passes the held-out tokens to use */
-    ds4_eval_result er;
-    if (ds4_eval_tokens(m, val, ne, T, 8, &er) != 0) goto out;
-    res->val_loss = er.loss;
-    if (ds4_prune_any(cfg) && eval_counters(m, val, ne, T, res) != 0) goto out;
-    if (!ds4_prune_any(cfg)) {
-        res->agree = NAN;
-        for (int l = 0; l < cfg->num_hidden_layers; l++) res->keep[l] = 1.0;
-    }
-    /* the same held-out tokens under the training rule (top-k per window), for reference */
-    {
-        const size_t span = (size_t)B * (T + 1);
+    if (eval_inference(m, val, ne, T, res) != 0) goto out;
+    /* the same held-out tokens under the training rule (top-k per window), for
+     * reference; first seed only (one more pass over them) */
+    res->val_topk = NAN;
+    if (save) {
+        /* the eval windows (start every T, T + 1 tokens with the targets), B at a
+         * time; a last incomplete group of B is left out */
+        const size_t nw = (ne - 1) / (size_t)T;
         double sum = 0;
         long nb = 0;
-        for (size_t s0 = 0; s0 + span <= ne; s0 += span, nb++) {
-            const double l = ds4_train_ctx_loss(ctx, m, val + s0);
+        for (size_t w0 = 0; w0 + (size_t)B <= nw; w0 += (size_t)B, nb++) {
+            for (int b = 0; b < B; b++)
+                memcpy(buf + (size_t)b * (T + 1), val + (w0 + (size_t)b) * T, sizeof(int) * (size_t)(T + 1));
+            const double l = ds4_train_ctx_loss(ctx, m, buf);
             if (isnan(l)) goto out;
             sum += l;
         }
@@ -446,7 +447,7 @@ static int child_attn_mem(long T, long H, long Dh) {
 /* acc += w * one, field by field (counters summed). */
 static void result_add(run_result *acc, const run_result *one, double w, int L) {
     acc->val_loss += w * one->val_loss;
-    acc->val_topk += w * one->val_topk;
+    if (!isnan(one->val_topk)) acc->val_topk = one->val_topk;     /* first seed only */
     acc->train_loss += w * one->train_loss;
     acc->seconds += w * one->seconds;
     acc->tokens_per_s += w * one->tokens_per_s;
@@ -605,7 +606,7 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
     printf("  pruning: default schedule (no pruning in layers < L/2, linear ramp to the max ratio in the\n"
            "  last layer), router BCE weight %g; indexer: top-%d keys, %d heads x %d, window %d, %ld warm-up steps\n"
            "  val loss: the inference path (keep iff sigmoid(r) > 0.5, indexed sparse attention); (top-k): the\n"
-           "  same tokens under the training rule; train loss: mean of the last quarter of the steps;\n"
+           "  same tokens under the training rule (first seed); train loss: mean of the last quarter of the steps;\n"
            "  agree: causal decision vs top-k membership in pruned layers (tr: last quarter of training,\n"
            "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n",
            o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,

@@ -3,7 +3,9 @@
  * split over output rows by OpenMP. OpenBLAS sgemm packs the whole weight
  * matrix first, which doubles the memory traffic when n is tiny. */
 #include <stddef.h>
+#include "kernels/decode.h"
 #include "kernels/kernels.h"
+#include "util/util.h"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 static inline float hsum256(__m256 v) {
@@ -35,36 +37,73 @@ static inline void row_dots(float *out, const float *w, const float *x, int n, i
     for (int j = 0; j < n; j++) out[j] = r[j];
 }
 
-/* n == 1: four weight rows at a time, so four independent streams and
- * accumulator chains are in flight (short rows make per-row overhead count). */
-static void gemv4(float *y, const float *x, const float *w, int in, int out, int acc) {
-    const int out4 = out & ~3;
-    #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
-    for (int o = 0; o < out4; o += 4) {
-        const float *w0 = w + (size_t)o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-        float r[4] = {0, 0, 0, 0};
-        int k = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-        for (; k + 8 <= in; k += 8) {
-            const __m256 xv = _mm256_loadu_ps(x + k);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
-        }
-        r[0] = hsum256(a0); r[1] = hsum256(a1); r[2] = hsum256(a2); r[3] = hsum256(a3);
+/* Weight rows stream from memory once per token. The L2 stream prefetcher
+ * stops at 4 KiB pages, so each row block also prefetches GEMV_PF bytes ahead
+ * in all four streams (one line per stream per 64 bytes read). */
+#ifndef GEMV_PF
+#define GEMV_PF 2048
 #endif
-        for (; k < in; k++) {
-            r[0] += w0[k] * x[k]; r[1] += w1[k] * x[k]; r[2] += w2[k] * x[k]; r[3] += w3[k] * x[k];
-        }
-        for (int j = 0; j < 4; j++) y[o + j] = acc ? y[o + j] + r[j] : r[j];
+
+/* y[0..4) (+)= w[4 rows of in] . x: four independent streams and
+ * accumulator chains in flight (short rows make per-row overhead count). */
+static inline void gemv_block4(float *y, const float *x, const float *w0, int in, int acc) {
+    const float *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+    float r[4] = {0, 0, 0, 0};
+    int k = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    for (; k + 16 <= in; k += 16) {
+        _mm_prefetch((const char *)(w0 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w2 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w3 + k) + GEMV_PF, _MM_HINT_T0);
+        const __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xw, b0);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k + 8), xw, b1);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k + 8), xw, b2);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k + 8), xw, b3);
     }
-    for (int o = out4; o < out; o++) {
+    a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1);
+    a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
+    for (; k + 8 <= in; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+    }
+    r[0] = hsum256(a0); r[1] = hsum256(a1); r[2] = hsum256(a2); r[3] = hsum256(a3);
+#endif
+    for (; k < in; k++) {
+        r[0] += w0[k] * x[k]; r[1] += w1[k] * x[k]; r[2] += w2[k] * x[k]; r[3] += w3[k] * x[k];
+    }
+    for (int j = 0; j < 4; j++) y[j] = acc ? y[j] + r[j] : r[j];
+}
+
+void ds4_gemv_rows(float *y, const float *x, const float *w, int in, int rows, int acc) {
+    const int rows4 = rows & ~3;
+    for (int o = 0; o < rows4; o += 4) gemv_block4(y + o, x, w + (size_t)o * in, in, acc);
+    for (int o = rows4; o < rows; o++) {
         float d;
         row_dots(&d, w + (size_t)o * in, x, 1, in);
         y[o] = acc ? y[o] + d : d;
+    }
+}
+
+/* n == 1: blocks of four rows split over threads. */
+static void gemv4(float *y, const float *x, const float *w, int in, int out, int acc) {
+    const int nb = (out + 3) / 4;
+    #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
+    for (int b = 0; b < nb; b++) {
+        const int o = 4 * b;
+        ds4_gemv_rows(y + o, x, w + (size_t)o * in, in, DS4_MIN(4, out - o), acc);
     }
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "kernels/kernels.h"
 #include "model/acts.h"
+#include "model/decode.h"
 #include "model/forward.h"
 #include "model/linear.h"
 #include "model/indexer.h"
@@ -52,6 +53,7 @@ void ds4_kv_cache_free(ds4_kv_cache *kv) {
         free(kv->k[l]); free(kv->v[l]); free(kv->pos[l]); free(kv->len[l]); free(kv->ki[l]);
     }
     free(kv->next_pos);
+    ds4_decode_scratch_free(kv->decode);
     free(kv);
 }
 
@@ -222,6 +224,8 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
                      ds4_acts *acts, const int *out_rows, int n_out, float *logits) {
     const ds4_config *c = &m->cfg;
     if (check_batch(m, b, kv) != 0) return -1;
+    if (ds4_decode_supported(m, b, acts))     /* batch-1 decode: model/decode.c */
+        return ds4_decode_step(m, b->tokens[0], b->seq[0], kv, out_rows && n_out <= 0 ? NULL : logits);
     const int n = b->n, D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads;
     const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh, V = c->vocab_size;
     const int Hi = c->index_n_heads, Di = c->index_head_dim, sk = ds4_indexer_sel_k(c);

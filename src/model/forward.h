@@ -10,6 +10,7 @@
 /* KV cache per layer: rows appended per sequence. With pruning a layer skips
  * dropped tokens, so lengths differ per layer and each row records its
  * original position. Kd = num_key_value_heads * head_dim. */
+typedef struct ds4_decode_scratch ds4_decode_scratch;
 typedef struct ds4_kv_cache {
     int n_layers, n_seq, capacity, kv_dim;
     float *k[DS4_MAX_LAYERS];    /* [n_seq, capacity, Kd] */
@@ -27,6 +28,7 @@ typedef struct ds4_kv_cache {
      * membership, scored for batch segments that start at position 0).
      * Cumulative; clear with ds4_kv_cache_reset_stats. */
     ds4_prune_counts prune[DS4_MAX_LAYERS];
+    struct ds4_decode_scratch *decode;   /* batch-1 decode buffers (model/decode.c), lazily made */
 } ds4_kv_cache;
 
 ds4_kv_cache *ds4_kv_cache_create(const ds4_config *c, int n_seq, int capacity);

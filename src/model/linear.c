@@ -33,6 +33,11 @@ int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const
     return q->type;
 }
 
+int ds4_linear_has_adapters(const ds4_model *m) {
+    (void)m;      /* no adapters yet: the LoRA slot below must make this say so */
+    return 0;
+}
+
 /* Per-thread scratch for acc = 1 with quantized weights. */
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;

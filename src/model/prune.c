@@ -105,6 +105,50 @@ int ds4_prune_eval(const ds4_model *m, const int *ids, size_t n, int T, ds4_prun
     return rc;
 }
 
+int ds4_prune_eval_loss(const ds4_model *m, const int *ids, size_t n, int T, ds4_prune_counts *counts,
+                        double *loss, long *predicted) {
+    const ds4_config *c = &m->cfg;
+    const int V = c->vocab_size;
+    if (counts) memset(counts, 0, sizeof *counts * (size_t)c->num_hidden_layers);
+    if (T <= 0 || n < 2) { ds4_set_error("prune eval: need a window of at least 1 token and 2 tokens"); return -1; }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V) { ds4_set_error("prune eval: token %zu has id %d, outside [0, %d)", i, ids[i], V); return -1; }
+    ds4_kv_cache *kv = ds4_kv_cache_create(c, 1, T);
+    int *seq = ds4_calloc((size_t)T, sizeof(int));
+    float *lg = ds4_malloc(sizeof(float) * (size_t)T * V);       /* [T, V] */
+    int rc = kv && seq && lg ? 0 : -1;
+    double total = 0;
+    long count = 0;
+    for (size_t s = 0; s + 1 < n && rc == 0; s += (size_t)T) {
+        const int len = (int)DS4_MIN((size_t)T, n - 1 - s);
+        ds4_kv_cache_reset_seq(kv, 0);
+        ds4_batch b = {.n = len, .tokens = ids + s, .seq = seq};
+        if ((rc = ds4_forward(m, &b, kv, NULL, 0, lg)) != 0) break;
+        double part = 0;
+        #pragma omp parallel for reduction(+:part) schedule(static)
+        for (int i = 0; i < len; i++) {
+            const float *row = lg + (size_t)i * V;
+            float mx = row[0];
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            double sum = 0;
+            for (int v = 0; v < V; v++) sum += expf(row[v] - mx);
+            part += (double)mx + log(sum) - row[ids[s + (size_t)i + 1]];
+        }
+        total += part;
+        count += len;
+    }
+    if (rc == 0 && counts)
+        for (int l = 0; l < c->num_hidden_layers; l++) counts[l] = kv->prune[l];
+    if (rc == 0) {
+        *loss = total / (double)count;
+        if (predicted) *predicted = count;
+    }
+    ds4_kv_cache_free(kv);
+    free(seq);
+    free(lg);
+    return rc;
+}
+
 void ds4_prune_default_schedule(ds4_config *c, float max_ratio) {
     const int L = c->num_hidden_layers, first = L / 2, span = L - first;
     c->n_prune_layers = 0;

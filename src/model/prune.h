@@ -56,6 +56,13 @@ void ds4_prune_count(ds4_prune_counts *pc, const float *r, const int *pos, const
  * membership is scored within each window. For `ds4 eval` and benchmarks. */
 int ds4_prune_eval(const ds4_model *m, const int *ids, size_t n, int T, ds4_prune_counts *counts);
 
+/* The same counters and, in the same pass, the validation loss: windows as
+ * ds4_eval_tokens (start every T tokens, feed ids[s .. s+len) with len =
+ * min(T, n - 1 - s), predict ids[s+1 .. s+len]); *loss = mean cross-entropy
+ * in nats over the *predicted tokens. counts may be NULL. */
+int ds4_prune_eval_loss(const ds4_model *m, const int *ids, size_t n, int T, ds4_prune_counts *counts,
+                        double *loss, long *predicted);
+
 /* SPEC §1.3 default schedule: no pruning in the first half of the layers
  * (l < L/2), then a linear ramp reaching max_ratio in the last layer.
  * Overwrites c->prune_layers / prune_ratio (max_ratio 0: no pruning). */

@@ -133,6 +133,21 @@ size_t ds4_q_act_row_bytes(ds4_qtype t, int in) {
     }
 }
 
+void ds4_q_quantize_act_row(ds4_qtype t, const float *x, void *xq, int in) {
+    switch (t) {
+#ifdef __AVX2__
+    case DS4_Q_Q8_0:
+    case DS4_Q_Q4_0: ds4_quantize_row_q8_0_avx2(x, xq, in); break;
+    case DS4_Q_Q4_K: ds4_quantize_row_q8_K_avx2(x, xq, in); break;
+#else
+    case DS4_Q_Q8_0:
+    case DS4_Q_Q4_0: ds4_quantize_row_q8_0(x, xq, in); break;
+    case DS4_Q_Q4_K: ds4_quantize_row_q8_K(x, xq, in); break;
+#endif
+    default: memcpy(xq, x, (size_t)in * sizeof(float)); break;
+    }
+}
+
 int ds4_q_quantize_act(ds4_qtype t, const float *x, void *xq, int n, int in) {
     if (check_shape(t, in, "ds4_q_quantize_act")) return -1;
     size_t rb = ds4_q_act_row_bytes(t, in);
@@ -264,6 +279,13 @@ static int matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n,
         }
     }
     return 0;
+}
+
+void ds4_q_matvec_rows(ds4_qtype t, float *y, const void *xq, const void *w, int in, int rows) {
+    ds4_q_dot_fn dot = ds4_q_dot_kernel(t, 1);
+    const size_t wb = ds4_q_row_bytes(t, in);
+    for (int o = 0; o < rows; o += 4)
+        dot(in, (const char *)w + (size_t)o * wb, wb, DS4_MIN(4, rows - o), xq, 0, 1, y + o, 1);
 }
 
 int ds4_q_matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n, int in, int out) {

@@ -92,6 +92,12 @@ size_t ds4_q_act_row_bytes(ds4_qtype t, int in);
 int ds4_q_quantize_act(ds4_qtype t, const float *x, void *xq, int n, int in);
 int ds4_q_matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n, int in, int out);
 
+/* One row of ds4_q_quantize_act on the calling thread (no OpenMP, no checks). */
+void ds4_q_quantize_act_row(ds4_qtype t, const float *x, void *xq, int in);
+/* y[rows] = w[rows, in] . xq (one activation row from ds4_q_quantize_act) on
+ * the calling thread, no OpenMP and no checks: the decode step's inner call. */
+void ds4_q_matvec_rows(ds4_qtype t, float *y, const void *xq, const void *w, int in, int rows);
+
 /* One quantized row (n weights) · one quantized activation row. */
 float ds4_q_vec_dot(ds4_qtype t, int n, const void *w, const void *xq);
 float ds4_q_vec_dot_ref(ds4_qtype t, int n, const void *w, const void *xq);

@@ -1,0 +1,321 @@
+/* decode.c — the batch-1 decode step (one token of one sequence): every run of
+ * dense layers inside one OpenMP region, fused q/k/v and gate/up passes, no allocation per token. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "kernels/decode.h"
+#include "model/acts.h"
+#include "model/decode.h"
+#include "model/linear.h"
+#include "model/prune.h"
+#include "quant/quant.h"
+#include "util/util.h"
+
+/* Rows per work chunk aim at this many weight bytes: big enough that the
+ * dynamic hand-out costs little, small enough to balance two busy cores. */
+#define CHUNK_BYTES 32768
+#define CHUNK_MAX_ROWS 256
+
+typedef struct {            /* per-thread buffers */
+    float *xn;              /* [D] normed residual (every thread computes its own) */
+    void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
+    int have8, haveK;
+} dthread;
+
+struct ds4_decode_scratch {
+    int D, Q, KD, F, V, Dh, nth;
+    float *x;               /* [D] residual stream */
+    float *q;               /* [Q] roped queries */
+    float *att;             /* [Q] attention output */
+    float *h;               /* [F] silu(gate) * up */
+    float *cs, *sn;         /* [Dh/2] RoPE table of this token */
+    ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
+    dthread *t;             /* [nth] */
+};
+
+typedef struct {            /* one weight matrix, rows split into chunks */
+    int type;               /* ds4_qtype */
+    const void *w;          /* fp32 rows or quantized blocks */
+    size_t rb;              /* bytes per row */
+    int in, rows, cr, nch;  /* cr rows per chunk, nch chunks */
+    float *y;               /* [rows] output */
+    int acc, rope;          /* y +=; rotate each chunk's heads (chunks hold whole heads) */
+} dseg;
+
+typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = thread's xn */
+
+static size_t act_bytes8(int in) { return (size_t)(in / DS4_QK8_0 + 1) * sizeof(ds4_block_q8_0); }
+static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(ds4_block_q8_K); }
+
+void ds4_decode_scratch_free(ds4_decode_scratch *s) {
+    if (!s) return;
+    if (s->t)
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); }
+    free(s->t);
+    free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
+    ds4_acts_free(s->moe);
+    free(s);
+}
+
+static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
+    ds4_decode_scratch *s = ds4_calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->D = c->hidden_size; s->Dh = c->head_dim; s->Q = c->num_attention_heads * c->head_dim;
+    s->KD = c->num_key_value_heads * c->head_dim; s->F = c->intermediate_size; s->V = c->vocab_size;
+    s->nth = nth;
+    int max_in = DS4_MAX(DS4_MAX(s->D, s->Q), s->F);
+    s->x = ds4_alloc_aligned(sizeof(float) * s->D);
+    s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
+    s->att = ds4_alloc_aligned(sizeof(float) * s->Q);
+    s->h = ds4_alloc_aligned(sizeof(float) * (s->F > 0 ? s->F : 1));
+    s->cs = ds4_alloc_aligned(sizeof(float) * s->Dh);
+    s->sn = ds4_alloc_aligned(sizeof(float) * s->Dh);
+    s->t = ds4_calloc((size_t)nth, sizeof *s->t);
+    if (!s->x || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
+    for (int i = 0; i < nth; i++) {
+        if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
+        if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
+        if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
+    }
+    if (c->n_routed_experts > 0 && c->first_k_dense_replace < c->num_hidden_layers)
+        if (!(s->moe = ds4_acts_create(c, 1, 1, 0))) goto fail;
+    return s;
+fail:
+    ds4_decode_scratch_free(s);
+    return NULL;
+}
+
+int ds4_decode_supported(const ds4_model *m, const ds4_batch *b, const ds4_acts *acts) {
+    const ds4_config *c = &m->cfg;
+    return b->n == 1 && !acts && !ds4_prune_any(c) && c->index_topk <= 0 && !ds4_linear_has_adapters(m);
+}
+
+/* ---- work plan --------------------------------------------------------------- */
+
+static void seg_init(dseg *s, const ds4_model *m, const float *w, int in, int rows, float *y, int acc,
+                     int head_rows) {
+    const void *qd;
+    s->type = ds4_linear_lookup(m, w, in, rows, &qd);
+    s->w = s->type == DS4_Q_F32 ? (const void *)w : qd;
+    s->rb = s->type == DS4_Q_F32 ? (size_t)in * sizeof(float) : ds4_q_row_bytes((ds4_qtype)s->type, in);
+    s->in = in;
+    s->rows = rows;
+    s->y = y;
+    s->acc = acc;
+    s->rope = head_rows > 0;
+    if (head_rows > 0) {                 /* whole heads per chunk */
+        int heads = (int)DS4_MAX(1, CHUNK_BYTES / (s->rb * (size_t)head_rows));
+        s->cr = heads * head_rows;
+    } else {
+        int r = (int)DS4_MAX(4, CHUNK_BYTES / s->rb);
+        s->cr = DS4_MIN(CHUNK_MAX_ROWS, r & ~3);
+    }
+    s->nch = (rows + s->cr - 1) / s->cr;
+}
+
+static void job_done(djob *j) {
+    j->total = 0;
+    for (int i = 0; i < j->n; i++) j->total += j->s[i].nch;
+}
+
+/* ---- execution (called by every thread of the region) ------------------------ */
+
+/* ds4_rmsnorm of one row, without its OpenMP region (same arithmetic) */
+static void norm_row(float *y, const float *x, const float *w, int d, float eps) {
+    float ss = 0.0f;
+    for (int j = 0; j < d; j++) ss += x[j] * x[j];
+    const float rs = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int j = 0; j < d; j++) y[j] = x[j] * rs * w[j];
+}
+
+static const void *thread_act(dthread *t, int type, const float *x, int in) {
+    if (type == DS4_Q_F32) return x;
+    if (type == DS4_Q_Q4_K) {
+        if (!t->haveK) { ds4_q_quantize_act_row(DS4_Q_Q4_K, x, t->xqk, in); t->haveK = 1; }
+        return t->xqk;
+    }
+    if (!t->have8) { ds4_q_quantize_act_row(DS4_Q_Q8_0, x, t->xq8, in); t->have8 = 1; }
+    return t->xq8;
+}
+
+static void seg_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
+    const int n = r1 - r0;
+    const char *w = (const char *)s->w + (size_t)r0 * s->rb;
+    if (s->type == DS4_Q_F32) {
+        ds4_gemv_rows(s->y + r0, x, (const float *)w, s->in, n, s->acc);
+        return;
+    }
+    const void *xq = thread_act(t, s->type, x, s->in);
+    if (!s->acc) { ds4_q_matvec_rows((ds4_qtype)s->type, s->y + r0, xq, w, s->in, n); return; }
+    float tmp[CHUNK_MAX_ROWS];
+    for (int o = 0; o < n; o += CHUNK_MAX_ROWS) {
+        const int k = DS4_MIN(CHUNK_MAX_ROWS, n - o);
+        ds4_q_matvec_rows((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
+        for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
+    }
+}
+
+/* Every thread: its share of the job's chunks; ends with the loop's barrier. */
+static void run_job(const djob *j, const ds4_decode_scratch *S, dthread *t) {
+    const float *x = j->x ? j->x : t->xn;
+    t->have8 = t->haveK = 0;
+    #pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < j->total; c++) {
+        int k = 0, cc = c;
+        while (cc >= j->s[k].nch) cc -= j->s[k++].nch;
+        const dseg *s = &j->s[k];
+        const int r0 = cc * s->cr, r1 = DS4_MIN(s->rows, r0 + s->cr);
+        seg_rows(s, t, x, r0, r1);
+        if (s->rope) ds4_rope_heads(s->y + r0, S->cs, S->sn, (r1 - r0) / S->Dh, S->Dh);
+    }
+}
+
+/* h = silu(gate x) * up x over chunks of F rows: both matrices in one pass. */
+static void run_gate_up(const dseg *g, const dseg *u, float *h, dthread *t) {
+    const int F = g->rows;
+    const int cr = DS4_MIN(g->cr, u->cr), nch = (F + cr - 1) / cr;
+    t->have8 = t->haveK = 0;
+    #pragma omp for schedule(dynamic, 1)
+    for (int c = 0; c < nch; c++) {
+        const int r0 = c * cr, r1 = DS4_MIN(F, r0 + cr);
+        float gb[CHUNK_MAX_ROWS], ub[CHUNK_MAX_ROWS];
+        dseg gs = *g, us = *u;
+        gs.y = gb - r0;
+        us.y = ub - r0;
+        seg_rows(&gs, t, t->xn, r0, r1);
+        seg_rows(&us, t, t->xn, r0, r1);
+        for (int i = 0; i < r1 - r0; i++) {
+            const float s = 1.0f / (1.0f + expf(-gb[i]));
+            h[r0 + i] = gb[i] * s * ub[i];
+        }
+    }
+}
+
+/* Attention for the token at position pos of sequence seq, layer l: query
+ * heads split over the threads. */
+static void run_attention(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, const int *pos,
+                          const ds4_decode_scratch *S) {
+    const ds4_config *c = &m->cfg;
+    const size_t base = (size_t)seq * kv->capacity;
+    const ds4_attn a = {
+        .n_q = 1, .q = S->q, .qpos = pos, .n_kv = kv->len[l][seq], .k = kv->k[l] + base * S->KD,
+        .v = kv->v[l] + base * S->KD, .kpos = kv->pos[l] + base, .n_heads = c->num_attention_heads,
+        .n_kv_heads = c->num_key_value_heads, .head_dim = S->Dh, .window = c->sliding_window,
+        .sinks = m->w.layers[l].sinks, .sel = NULL, .sel_k = 0,
+    };
+    #pragma omp for schedule(dynamic, 1)
+    for (int h = 0; h < a.n_heads; h++) ds4_attn_decode_head(&a, h, S->att + (size_t)h * S->Dh);
+}
+
+typedef struct {
+    djob qkv, o, down, lm;
+    dseg gate, up;
+} dlayer;
+
+/* Attention half of layer l: x += o_proj(attn(norm(x))). */
+static void layer_attn(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, const int *pos,
+                       const dlayer *P, ds4_decode_scratch *S, dthread *t) {
+    const ds4_config *c = &m->cfg;
+    norm_row(t->xn, S->x, m->w.layers[l].input_layernorm, S->D, c->rms_norm_eps);
+    run_job(&P->qkv, S, t);
+    run_attention(m, kv, l, seq, pos, S);
+    run_job(&P->o, S, t);
+}
+
+static void layer_ffn_dense(const ds4_model *m, int l, const dlayer *P, ds4_decode_scratch *S, dthread *t) {
+    norm_row(t->xn, S->x, m->w.layers[l].post_attention_layernorm, S->D, m->cfg.rms_norm_eps);
+    run_gate_up(&P->gate, &P->up, S->h, t);
+    run_job(&P->down, S, t);
+}
+
+static void final_logits(const ds4_model *m, const djob *lm, ds4_decode_scratch *S, dthread *t) {
+    norm_row(t->xn, S->x, m->w.norm, S->D, m->cfg.rms_norm_eps);
+    run_job(lm, S, t);
+}
+
+static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, dlayer *P,
+                       ds4_decode_scratch *S) {
+    const ds4_config *c = &m->cfg;
+    const ds4_layer *W = &m->w.layers[l];
+    const int D = S->D, Q = S->Q, KD = S->KD, F = S->F, Dh = S->Dh;
+    const size_t row = (size_t)seq * kv->capacity + kv->len[l][seq] - 1;   /* this token's cache row */
+    memset(P, 0, sizeof *P);
+    seg_init(&P->qkv.s[0], m, W->q_proj, D, Q, S->q, 0, Dh);
+    seg_init(&P->qkv.s[1], m, W->k_proj, D, KD, kv->k[l] + row * KD, 0, Dh);
+    seg_init(&P->qkv.s[2], m, W->v_proj, D, KD, kv->v[l] + row * KD, 0, 0);
+    P->qkv.n = 3;
+    job_done(&P->qkv);
+    seg_init(&P->o.s[0], m, W->o_proj, Q, D, S->x, 1, 0);
+    P->o.n = 1;
+    P->o.x = S->att;
+    job_done(&P->o);
+    if (!ds4_layer_is_moe(c, l)) {
+        seg_init(&P->gate, m, W->gate_proj, D, F, NULL, 0, 0);
+        seg_init(&P->up, m, W->up_proj, D, F, NULL, 0, 0);
+        seg_init(&P->down.s[0], m, W->down_proj, F, D, S->x, 1, 0);
+        P->down.n = 1;
+        P->down.x = S->h;
+        job_done(&P->down);
+    }
+}
+
+int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, float *logits) {
+    const ds4_config *c = &m->cfg;
+    const int L = c->num_hidden_layers, D = c->hidden_size, V = c->vocab_size;
+    int nth = omp_get_max_threads();
+    ds4_decode_scratch *S = kv->decode;
+    if (S && (S->nth < nth || S->D != D || S->Q != c->num_attention_heads * c->head_dim ||
+              S->KD != kv->kv_dim || S->F != c->intermediate_size || S->Dh != c->head_dim ||
+              (!S->moe && c->n_routed_experts > 0))) {
+        ds4_decode_scratch_free(S);
+        kv->decode = S = NULL;
+    }
+    if (!S && !(kv->decode = S = scratch_create(c, nth))) return -1;
+    /* the token's cache rows and position (check_batch has verified capacity) */
+    const int pos = kv->next_pos[seq];
+    for (int l = 0; l < L; l++) {
+        const size_t row = (size_t)seq * kv->capacity + kv->len[l][seq]++;
+        kv->pos[l][row] = pos;
+    }
+    kv->next_pos[seq] = pos + 1;
+    memcpy(S->x, m->w.embed + (size_t)token * D, sizeof(float) * D);
+    ds4_rope_table(S->cs, S->sn, pos, S->Dh, c->rope_theta);
+    djob lm;
+    memset(&lm, 0, sizeof lm);
+    if (logits) {
+        seg_init(&lm.s[0], m, m->w.lm_head, D, V, logits, 0, 0);
+        lm.n = 1;
+        job_done(&lm);
+    }
+    /* runs of dense layers in one region; a MoE layer ends its region after
+     * attention and runs its FFN (with its own threading) between regions */
+    for (int l0 = 0; l0 < L;) {
+        int l1 = l0;
+        while (l1 < L && !ds4_layer_is_moe(c, l1)) l1++;
+        const int moe = l1 < L;                    /* layer l1: attention only, then MoE */
+        dlayer P[DS4_MAX_LAYERS];
+        for (int l = l0; l <= l1 && l < L; l++) plan_layer(m, kv, l, seq, &P[l], S);
+        #pragma omp parallel num_threads(nth)
+        {
+            dthread *t = &S->t[omp_get_thread_num()];
+            for (int l = l0; l < l1; l++) {
+                layer_attn(m, kv, l, seq, &pos, &P[l], S, t);
+                layer_ffn_dense(m, l, &P[l], S, t);
+            }
+            if (moe) layer_attn(m, kv, l1, seq, &pos, &P[l1], S, t);
+            else if (logits) final_logits(m, &lm, S, t);
+        }
+        if (!moe) break;
+        ds4_layer_acts *A = &S->moe->l[0];
+        ds4_rmsnorm(A->xn2, NULL, S->x, m->w.layers[l1].post_attention_layernorm, 1, D, c->rms_norm_eps);
+        ds4_moe_forward(c, &m->w.layers[l1], A, A->xn2, 1);
+        for (int d = 0; d < D; d++) S->x[d] += A->ffn[d];
+        l0 = l1 + 1;
+        if (l0 == L && logits) {
+            #pragma omp parallel num_threads(nth)
+            final_logits(m, &lm, S, &S->t[omp_get_thread_num()]);
+        }
+    }
+    return 0;
+}
