@@ -202,6 +202,8 @@ typedef struct run_result {
     double agree;                            /* eval agreement over pruned layers */
 } run_result;
 
+#define TOPK_EVAL_WINDOWS 128      /* the top-k-rule reference loss: first 128 windows */
+
 /* Held-out windows through the inference path, one pass: validation loss and
  * per-layer keep and agreement counters of the causal rule (top-k membership
  * known: whole windows). */
@@ -277,7 +279,7 @@ static int train_one(const prune_opts *o, const ds4_config *cfg, const int *trai
     if (save) {
         /* the eval windows (start every T, T + 1 tokens with the targets), B at a
          * time; a last incomplete group of B is left out */
-        const size_t nw = (ne - 1) / (size_t)T;
+        const size_t nw = DS4_MIN((ne - 1) / (size_t)T, (size_t)TOPK_EVAL_WINDOWS);
         double sum = 0;
         long nb = 0;
         for (size_t w0 = 0; w0 + (size_t)B <= nw; w0 += (size_t)B, nb++) {
@@ -576,6 +578,18 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
     }
     const size_t ne = eval_count(o, nval);
     eval_tokens_used = (long)ne;
+    /* reference: cross-entropy of the held-out tokens under the training
+     * tokens' unigram frequencies (add-one), what a model that learned no
+     * context would reach */
+    double unigram = 0;
+    {
+        double *cnt = ds4_calloc((size_t)vocab, sizeof(double));
+        if (!cnt) { free(train); free(val); return cli_fail(CMD); }
+        for (size_t i = 0; i < ntrain; i++) cnt[train[i]] += 1;
+        for (size_t i = 1; i < ne; i++) unigram -= log((cnt[val[i]] + 1) / ((double)ntrain + vocab));
+        unigram /= (double)(ne - 1);
+        free(cnt);
+    }
     fprintf(stderr, "ds4 %s --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run,"
             " %ld seeds (dense, 30%%), %ld (others)\n", CMD, ntrain, nval, vocab, o->steps, o->batch, o->seq,
             o->steps * o->batch * o->seq / 1e6, o->seeds, run_seeds(o, 1));
@@ -606,13 +620,13 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
     printf("  pruning: default schedule (no pruning in layers < L/2, linear ramp to the max ratio in the\n"
            "  last layer), router BCE weight %g; indexer: top-%d keys, %d heads x %d, window %d, %ld warm-up steps\n"
            "  val loss: the inference path (keep iff sigmoid(r) > 0.5, indexed sparse attention); (top-k): the\n"
-           "  same tokens under the training rule (first seed); train loss: mean of the last quarter of the steps;\n"
+           "  first 128 windows under the training rule (first seed); train loss: mean of the last quarter of the steps;\n"
            "  agree: causal decision vs top-k membership in pruned layers (tr: last quarter of training,\n"
            "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n",
            o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,
            o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup);
-    printf("  seeds %ld.. (init and batches shared across runs: paired); other columns are means over seeds.\n\n",
-           o->seed);
+    printf("  seeds %ld.. (init and batches shared across runs: paired); other columns are means over seeds.\n"
+           "  reference: unigram cross-entropy of the held-out tokens (training frequencies) %.4f\n\n", o->seed, unigram);
     printf("  %-20s %5s %17s %9s %10s %9s %9s %7s %7s %6s\n", "run", "seeds", "val loss (+-sd)", "(top-k)",
            "train loss", "agree(tr)", "agree(ev)", "kept", "tok/s", "time");
     for (int r = 0; r < N_RUNS; r++) {
