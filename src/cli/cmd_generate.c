@@ -4,12 +4,14 @@
 #include <string.h>
 #include "cli/cli.h"
 #include "infer/infer.h"
+#include "lora/lora.h"
 
 static void usage(FILE *f) {
     fprintf(f,
         "usage: ds4 generate --model DIR --prompt TEXT [options]\n\n"
         "Streams generated text to stdout; statistics go to stderr.\n\n"
         "  --model DIR     model directory (config.json, model.safetensors, tokenizer.json)\n"
+        "  --lora ADAPTER  apply a LoRA adapter (ds4 finetune, PEFT layout)\n"
         "  --prompt TEXT   prompt text (may be empty when <|bos|> is prepended)\n"
         "  -n N            tokens to generate at most (default 128)\n"
         "  --temp X        temperature, 0 = greedy (default 0.8)\n"
@@ -33,7 +35,7 @@ static int print_piece(const char *text, size_t len, void *user) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *cmd = "generate", *model_dir = NULL, *prompt = NULL;
+    const char *cmd = "generate", *model_dir = NULL, *prompt = NULL, *lora = NULL;
     ds4_gen_params p;
     ds4_gen_params_default(&p);
     for (int i = 1; i < argc; i++) {
@@ -46,9 +48,10 @@ int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--model") || !strcmp(a, "--prompt") || !strcmp(a, "-n") ||
                  !strcmp(a, "--temp") || !strcmp(a, "--top-k") || !strcmp(a, "--top-p") ||
                  !strcmp(a, "--min-p") || !strcmp(a, "--seed") || !strcmp(a, "--stop") ||
-                 !strcmp(a, "--ctx")) {
+                 !strcmp(a, "--ctx") || !strcmp(a, "--lora")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--lora")) lora = v;
             else if (!strcmp(a, "--prompt")) prompt = v;
             else if (!strcmp(a, "-n")) {
                 if (cli_int(cmd, a, v, 0, 1L << 30, &iv)) return 2;
@@ -83,7 +86,7 @@ int cmd_generate(int argc, char **argv) {
 
     ds4_model *m;
     ds4_tokenizer *tok;
-    if (ds4_open_model_dir(model_dir, &m, &tok)) return cli_fail(cmd);
+    if (ds4_open_model_lora(model_dir, lora, &m, &tok)) return cli_fail(cmd);
     ds4_gen_stats st;
     int rc = ds4_generate(m, tok, prompt, &p, print_piece, NULL, &st);
     if (rc == 0) {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include "cli/cli.h"
 #include "infer/infer.h"
+#include "lora/lora.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -14,6 +15,7 @@ static void usage(FILE *f) {
         "Writes the logits of every position for exactly the given ids (nothing\n"
         "prepended), float32 little-endian, shape [T, vocab_size], row-major.\n\n"
         "  --model DIR    model directory (config.json, model.safetensors)\n"
+        "  --lora ADAPTER apply a LoRA adapter (ds4 finetune, PEFT layout)\n"
         "  --tokens IDS   comma-separated token ids, e.g. \"1,17,42\"\n"
         "  --out FILE     output file (written atomically)\n");
 }
@@ -55,13 +57,14 @@ static int parse_ids(const char *cmd, const char *s, int **out, int *n_out) {
 }
 
 int cmd_logits(int argc, char **argv) {
-    const char *cmd = "logits", *model_dir = NULL, *tokens = NULL, *out = NULL;
+    const char *cmd = "logits", *lora = NULL, *model_dir = NULL, *tokens = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (cli_is_help(a)) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--model") || !strcmp(a, "--tokens") || !strcmp(a, "--out")) {
+        else if (!strcmp(a, "--model") || !strcmp(a, "--lora") || !strcmp(a, "--tokens") || !strcmp(a, "--out")) {
             if (!(v = cli_value(argc, argv, &i))) return 2;
             if (!strcmp(a, "--model")) model_dir = v;
+            else if (!strcmp(a, "--lora")) lora = v;
             else if (!strcmp(a, "--tokens")) tokens = v;
             else out = v;
         } else return cli_unknown(cmd, a);
@@ -76,7 +79,7 @@ int cmd_logits(int argc, char **argv) {
     if (parse_ids(cmd, tokens, &ids, &T)) return 2;
 
     ds4_model *m;
-    if (ds4_open_model_dir(model_dir, &m, NULL)) { free(ids); return cli_fail(cmd); }
+    if (ds4_open_model_lora(model_dir, lora, &m, NULL)) { free(ids); return cli_fail(cmd); }
     int V = m->cfg.vocab_size, rc = 1;
     float *logits = NULL;
     for (int i = 0; i < T; i++)

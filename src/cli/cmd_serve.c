@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "cli/cli.h"
 #include "infer/infer.h"
+#include "lora/lora.h"
 #include "server/server.h"
 #include "util/util.h"
 #include "world/world.h"
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
         "  POST /tokenize  /detokenize\n"
         "  POST /v1/videos  (a world model: its directory has video.safetensors)\n\n"
         "  --model DIR        model directory (config.json, model.safetensors, tokenizer.json)\n"
+        "  --lora ADAPTER     apply a LoRA adapter (ds4 finetune, PEFT layout)\n"
         "  --host ADDR        numeric address to listen on (default 127.0.0.1)\n"
         "  --port N           port, 0 = any free one (default 8080)\n"
         "  --api-key KEY      require 'Authorization: Bearer KEY' (also $DS4_API_KEY)\n"
@@ -118,7 +120,7 @@ static void dir_name(const char *dir, char *out, size_t cap) {
 }
 
 int cmd_serve(int argc, char **argv) {
-    const char *cmd = "serve", *model_dir = NULL, *name = NULL;
+    const char *cmd = "serve", *model_dir = NULL, *name = NULL, *lora = NULL;
     ds4_server_opts o;
     ds4_server_opts_default(&o);
     o.api_key = getenv("DS4_API_KEY");
@@ -131,6 +133,7 @@ int cmd_serve(int argc, char **argv) {
         if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
         if (!(v = cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--model")) model_dir = v;
+        else if (!strcmp(a, "--lora")) lora = v;
         else if (!strcmp(a, "--host")) o.host = v;
         else if (!strcmp(a, "--api-key")) o.api_key = v;
         else if (!strcmp(a, "--name")) name = v;
@@ -169,7 +172,7 @@ int cmd_serve(int argc, char **argv) {
 
     ds4_model *m;
     ds4_tokenizer *tok;
-    if (ds4_open_model_dir(model_dir, &m, &tok)) return cli_fail(cmd);
+    if (ds4_open_model_lora(model_dir, lora, &m, &tok)) return cli_fail(cmd);
     /* a model with a video tokenizer also answers /v1/videos */
     ds4_wm *wm = NULL;
     char vpath[4200];

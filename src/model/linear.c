@@ -1,6 +1,7 @@
 /* linear.c — ds4_linear: find the tensor a weight pointer belongs to (binary
  * search over the layout's offsets), then run the quantized kernel on its
- * blocks or the fp32 matmul; the LoRA slot is marked below. */
+ * blocks or the fp32 matmul; then the LoRA slot adds an attached adapter. */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,10 +34,85 @@ int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const
     return q->type;
 }
 
-int ds4_linear_has_adapters(const ds4_model *m) {
-    (void)m;      /* no adapters yet: the LoRA slot below must make this say so */
-    return 0;
+/* ---- LoRA: models with an attached adapter, found by weight pointer ------ */
+#define N_LORA 64
+static _Atomic(const ds4_model *) g_lora[N_LORA];
+static _Atomic int g_n_lora;
+static _Thread_local float *tl_lora;       /* [n, r] x A^T */
+static _Thread_local size_t tl_lora_cap;
+
+int ds4_linear_set_lora(ds4_model *m, ds4_lora_slot *slot) {
+    for (int i = 0; i < N_LORA && m->lora; i++) {
+        const ds4_model *expect = m;
+        if (atomic_compare_exchange_strong(&g_lora[i], &expect, NULL)) atomic_fetch_sub(&g_n_lora, 1);
+    }
+    m->lora = NULL;
+    if (!slot) return 0;
+    for (int i = 0; i < N_LORA; i++) {
+        const ds4_model *expect = NULL;
+        if (atomic_compare_exchange_strong(&g_lora[i], &expect, m)) {
+            atomic_fetch_add(&g_n_lora, 1);
+            m->lora = slot;
+            return 0;
+        }
+    }
+    ds4_set_error("more than %d models with LoRA adapters loaded at once", N_LORA);
+    return -1;
 }
+
+static const ds4_model *lora_owner_of(const float *w) {
+    if (atomic_load_explicit(&g_n_lora, memory_order_relaxed) == 0) return NULL;
+    uintptr_t p = (uintptr_t)w;
+    for (int i = 0; i < N_LORA; i++) {
+        const ds4_model *m = atomic_load_explicit(&g_lora[i], memory_order_acquire);
+        if (m && p >= (uintptr_t)m->params && p < (uintptr_t)(m->params + m->layout.n_floats)) return m;
+    }
+    return NULL;
+}
+
+/* y[n, out] += scale * (x[n, in] A^T) B[row0 .. row0+out)^T when w (rows
+ * row0.. of a tensor) has an adapter. */
+static void lora_add(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out) {
+    if (!m || !m->lora) m = lora_owner_of(w);
+    if (!m || !m->lora || n <= 0) return;
+    uintptr_t base = (uintptr_t)m->params, p = (uintptr_t)w;
+    if (p < base || p >= base + m->layout.n_floats * sizeof(float)) return;
+    size_t off = (size_t)(p - base) / sizeof(float);
+    const ds4_tensor_info *ts = m->layout.tensors;
+    int lo = 0, hi = m->layout.n_tensors - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ts[mid].offset <= off) lo = mid; else hi = mid - 1;
+    }
+    const ds4_lora_tensor *a = &m->lora->t[lo];
+    const ds4_tensor_info *t = &ts[lo];
+    if (!a->A || t->ndim != 2 || t->shape[1] != in || (off - t->offset) % (size_t)in) return;
+    size_t row0 = (off - t->offset) / (size_t)in;
+    if (row0 + (size_t)out > (size_t)t->shape[0]) return;
+    const int r = a->rank;
+    size_t need = (size_t)n * (size_t)r;
+    if (need > tl_lora_cap) {
+        free(tl_lora);
+        tl_lora_cap = need + need / 2 + 64;
+        tl_lora = malloc(tl_lora_cap * sizeof(float));
+        if (!tl_lora) tl_lora_cap = 0;
+    }
+    const float *B = a->B + row0 * (size_t)r;
+    if (tl_lora) {
+        ds4_matmul(tl_lora, x, a->A, n, in, r, 0);
+        for (size_t i = 0; i < need; i++) tl_lora[i] *= a->scale;
+        ds4_matmul(y, tl_lora, B, n, r, out, 1);
+    } else {                          /* out of memory: one row at a time on the stack */
+        float tmp[DS4_LORA_MAX_RANK];
+        for (int i = 0; i < n; i++) {
+            ds4_matmul(tmp, x + (size_t)i * in, a->A, 1, in, r, 0);
+            for (int k = 0; k < r; k++) tmp[k] *= a->scale;
+            ds4_matmul(y + (size_t)i * out, tmp, B, 1, r, out, 1);
+        }
+    }
+}
+
+int ds4_linear_has_adapters(const ds4_model *m) { return m && m->lora; }
 
 /* Per-thread scratch for acc = 1 with quantized weights. */
 static _Thread_local float *tl_buf;
@@ -72,6 +148,7 @@ void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, in
         }
     }
     /* ---- LoRA slot ---------------------------------------------------------
-     * Adapters go here: when m holds an adapter (A [r, in], B [out, r], scale)
-     * for the tensor w belongs to, add y += scale * (x A^T) B^T. */
+     * When the model holds an adapter (A [r, in], B [out, r], scale) for the
+     * tensor w belongs to, add y += scale * (x A^T) B[rows]^T. */
+    lora_add(m, y, x, w, n, in, out);
 }

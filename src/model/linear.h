@@ -17,6 +17,12 @@ void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, in
  * row's blocks; DS4_Q_F32 / NULL when w is used in fp32. */
 int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata);
 
+/* Attach a LoRA slot to m for inference (NULL: detach without freeing), so
+ * that ds4_linear, also when called with m NULL, adds the adapters. The
+ * model owns an attached slot (ds4_model_free detaches and frees it). At
+ * most 64 models with adapters at once. */
+int ds4_linear_set_lora(ds4_model *m, ds4_lora_slot *slot);
+
 /* 1 when m has LoRA adapters attached. The batch-1 decode step (decode.c)
  * reads weights without ds4_linear and is used only while this is 0. */
 int ds4_linear_has_adapters(const ds4_model *m);

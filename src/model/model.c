@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include "io/gguf.h"
 #include "io/safetensors.h"
+#include "model/linear.h"
 #include "model/model.h"
 #include "model/quantized.h"
 #include "util/util.h"
@@ -208,6 +209,9 @@ ds4_model *ds4_model_create(const ds4_config *c, uint64_t seed) {
 
 void ds4_model_free(ds4_model *m) {
     if (!m) return;
+    ds4_lora_slot *lora = m->lora;
+    ds4_linear_set_lora(m, NULL);
+    if (lora && lora->free_fn) lora->free_fn(lora);
     ds4_qweights_free(m->quant);
     if (m->params_mmap_len) munmap(m->params, m->params_mmap_len);
     else free(m->params);

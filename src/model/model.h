@@ -70,6 +70,21 @@ const ds4_tensor_info *ds4_layout_find(const ds4_layout *lay, const char *name);
 /* Lay the per-layer pointers over a buffer with this layout. */
 void ds4_weights_bind(ds4_weights *w, const ds4_config *c, const ds4_layout *lay, float *base);
 
+/* A LoRA adapter attached for inference (src/lora fills it, ds4_linear uses
+ * it): per tensor of the layout, A [rank, in] and B [out, rank] (NULL when the
+ * tensor is not adapted); ds4_linear adds scale * (x A^T) B^T. The model owns
+ * the slot: ds4_model_free calls free_fn(slot). */
+#define DS4_LORA_MAX_RANK 1024
+typedef struct ds4_lora_tensor {
+    const float *A, *B;
+    int   rank;                      /* 1 .. DS4_LORA_MAX_RANK */
+    float scale;
+} ds4_lora_tensor;
+typedef struct ds4_lora_slot {
+    ds4_lora_tensor *t;              /* [layout.n_tensors] */
+    void (*free_fn)(struct ds4_lora_slot *slot);
+} ds4_lora_slot;
+
 struct ds4_model {
     ds4_config  cfg;
     ds4_layout  layout;
@@ -81,6 +96,7 @@ struct ds4_model {
      * ds4_linear uses instead of params; NULL for an fp32 model */
     struct ds4_qweights *quant;
     size_t      params_mmap_len;     /* params is an anonymous mmap of this size (0: malloc'd) */
+    ds4_lora_slot *lora;             /* attached adapter (ds4_linear_set_lora), NULL: none */
 };
 typedef struct ds4_model ds4_model;
 
