@@ -568,6 +568,29 @@ static void test_prefill_decode(void **state) {
         assert_int_equal(pc[l].tokens, ds4_prune_ratio(&c, l) > 0 ? T0 : 0);
         assert_int_equal(pc[l].scored, ds4_prune_ratio(&c, l) > 0 ? T0 - 1 : 0);
     }
+    /* ds4_prune_eval_loss over sequence 0 (one window of T0 - 1 tokens predicting the next): the
+     * cross-entropy of the prefill's logits, and the prefill's keep decisions on those tokens */
+    double loss = 0, ref = 0;
+    long predicted = 0;
+    assert_int_equal(ds4_prune_eval_loss(m, ids, T0, T0, pc, &loss, &predicted), 0);
+    assert_int_equal(predicted, T0 - 1);
+    for (int t = 0; t < T0 - 1; t++) {
+        const float *row = full + (size_t)t * V;
+        double mx = row[0], sum = 0;
+        for (int v = 1; v < V; v++) mx = fmax(mx, row[v]);
+        for (int v = 0; v < V; v++) sum += exp(row[v] - mx);
+        ref += mx + log(sum) - row[ids[t + 1]];
+    }
+    ref /= T0 - 1;
+    printf("  ds4_prune_eval_loss %.6f, from the prefill logits %.6f\n", loss, ref);
+    assert_true(fabs(loss - ref) < 1e-5);
+    for (int l = 0; l < L; l++) {
+        if (ds4_prune_ratio(&c, l) <= 0) continue;
+        int kept = 0;
+        for (int j = 0; j < kp->len[l][0]; j++) kept += kp->pos[l][j] < T0 - 1;
+        assert_int_equal(pc[l].kept, kept);
+        assert_int_equal(pc[l].tokens, T0 - 1);
+    }
     /* KV bytes: exactly the kept rows, and the cost model agrees given the keep fractions */
     size_t rows = 0;
     double keep[DS4_MAX_LAYERS];
