@@ -83,6 +83,13 @@ grep -q '"target_modules":[[:space:]]*\["q_proj", "v_proj"\]' "$W/adq/adapter_co
 "$DS4" lora merge --model "$W/q8" --lora "$W/adq" --out "$W/mq" >"$W/log" 2>&1 || fail "merge on q8_0: $(cat "$W/log")"
 grep -q "fp32" "$W/log" || fail "merge on q8_0 does not say the result is fp32"
 
+# a GGUF base: fine-tune on it and attach the adapter to it
+"$DS4" export-gguf --model "$W/m" --out "$W/m.gguf" >/dev/null 2>&1 || fail "export-gguf"
+"$DS4" finetune --model "$W/m.gguf" --data "$W/new_train.txt" --lora-rank 2 --out "$W/adg" \
+    --steps 2 --batch 2 --seq 16 --quiet >"$W/log" 2>&1 || fail "finetune on GGUF: $(cat "$W/log")"
+g=$(gen "$W/m.gguf" --lora "$W/ad") || fail "generate GGUF --lora: $(cat "$W/err")"
+[ "$g" = "$ad" ] || fail "generate GGUF --lora '$g' differs from the directory with --lora '$ad'"
+
 # errors name the problem
 "$DS4" generate --model "$W/m" --lora "$W/nope" --prompt x -n 1 >/dev/null 2>"$W/err" && fail "missing adapter accepted"
 grep -q "adapter_config.json" "$W/err" || fail "missing adapter: $(cat "$W/err")"
