@@ -27,7 +27,7 @@ static const command COMMANDS[] = {
     {"quantize",    cmd_quantize,    "quantize weights (q8_0, q4_0, q4_k)"},
     {"export-gguf", cmd_export_gguf, "write a GGUF file"},
     {"finetune",    cmd_finetune,    "LoRA fine-tuning"},
-    {"lora",        cmd_lora,        "LoRA adapters: merge"},
+    {"lora",        cmd_lora,        "LoRA adapters: merge into a model, info"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 
