@@ -41,7 +41,7 @@ static inline void row_dots(float *out, const float *w, const float *x, int n, i
  * stops at 4 KiB pages, so each row block also prefetches GEMV_PF bytes ahead
  * in all four streams (one line per stream per 64 bytes read). */
 #ifndef GEMV_PF
-#define GEMV_PF 2048
+#define GEMV_PF 4096
 #endif
 
 /* y[0..4) (+)= w[4 rows of in] . x: four independent streams and

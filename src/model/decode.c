@@ -1,6 +1,8 @@
 /* decode.c — the batch-1 decode step (one token of one sequence): every run of
  * dense layers inside one OpenMP region, fused q/k/v and gate/up passes, no allocation per token. */
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,21 +20,10 @@
 #define CHUNK_MAX_ROWS 256
 
 typedef struct {            /* per-thread buffers */
-    float *xn;              /* [D] normed residual (every thread computes its own) */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
     int have8, haveK;
 } dthread;
 
-struct ds4_decode_scratch {
-    int D, Q, KD, F, V, Dh, nth;
-    float *x;               /* [D] residual stream */
-    float *q;               /* [Q] roped queries */
-    float *att;             /* [Q] attention output */
-    float *h;               /* [F] silu(gate) * up */
-    float *cs, *sn;         /* [Dh/2] RoPE table of this token */
-    ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
-    dthread *t;             /* [nth] */
-};
 
 typedef struct {            /* one weight matrix, rows split into chunks */
     int type;               /* ds4_qtype */
@@ -43,7 +34,41 @@ typedef struct {            /* one weight matrix, rows split into chunks */
     int acc, rope;          /* y +=; rotate each chunk's heads (chunks hold whole heads) */
 } dseg;
 
-typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = thread's xn */
+typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = S->xn */
+
+typedef struct dlayer_s {
+    djob qkv, o, gu, down;
+} dlayer;
+
+enum { PH_NORM, PH_MV, PH_GU, PH_ATT };
+
+typedef struct dphase_s {
+    int kind;
+    const djob *job;          /* PH_MV; PH_GU: job->s[0] gate, s[1] up */
+    const float *nw;          /* PH_NORM: weight [D] (x -> xn) */
+    int layer;                /* PH_ATT */
+    int total;                /* chunks */
+} dphase;
+
+typedef struct dsync_s {      /* counters of one phase, each on its own line */
+    _Alignas(64) atomic_int next;
+    _Alignas(64) atomic_int done;
+} dsync;
+
+struct ds4_decode_scratch {
+    int D, Q, KD, F, V, Dh, L, nth;
+    float *x;               /* [D] residual stream */
+    float *xn;              /* [D] normed residual, input of the next matvec */
+    float *q;               /* [Q] roped queries */
+    float *att;             /* [Q] attention output */
+    float *h;               /* [F] silu(gate) * up */
+    float *cs, *sn;         /* [Dh/2] RoPE table of this token */
+    ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
+    dthread *t;             /* [nth] */
+    dlayer *plan;       /* [L] this token's work plan */
+    dphase *ph;         /* [7 L + 2] phases of a region */
+    dsync *sync;        /* [7 L + 2] their counters */
+};
 
 static size_t act_bytes8(int in) { return (size_t)(in / DS4_QK8_0 + 1) * sizeof(ds4_block_q8_0); }
 static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(ds4_block_q8_K); }
@@ -51,9 +76,10 @@ static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(d
 void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (!s) return;
     if (s->t)
-        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); }
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xq8); free(s->t[i].xqk); }
     free(s->t);
-    free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
+    free(s->plan); free(s->ph); free(s->sync);
+    free(s->x); free(s->xn); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
     ds4_acts_free(s->moe);
     free(s);
 }
@@ -64,17 +90,21 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     s->D = c->hidden_size; s->Dh = c->head_dim; s->Q = c->num_attention_heads * c->head_dim;
     s->KD = c->num_key_value_heads * c->head_dim; s->F = c->intermediate_size; s->V = c->vocab_size;
     s->nth = nth;
+    s->L = c->num_hidden_layers;
     int max_in = DS4_MAX(DS4_MAX(s->D, s->Q), s->F);
     s->x = ds4_alloc_aligned(sizeof(float) * s->D);
+    s->xn = ds4_alloc_aligned(sizeof(float) * s->D);
+    s->plan = ds4_calloc((size_t)s->L, sizeof(dlayer));
+    s->ph = ds4_calloc((size_t)(7 * s->L + 2), sizeof(dphase));
+    s->sync = ds4_alloc_aligned((size_t)(7 * s->L + 2) * sizeof(dsync));
     s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->att = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->h = ds4_alloc_aligned(sizeof(float) * (s->F > 0 ? s->F : 1));
     s->cs = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->sn = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->t = ds4_calloc((size_t)nth, sizeof *s->t);
-    if (!s->x || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
+    if (!s->x || !s->xn || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
     for (int i = 0; i < nth; i++) {
-        if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
         if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
         if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
     }
@@ -119,7 +149,26 @@ static void job_done(djob *j) {
     for (int i = 0; i < j->n; i++) j->total += j->s[i].nch;
 }
 
-/* ---- execution (called by every thread of the region) ------------------------ */
+/* ---- execution ---------------------------------------------------------------
+ * A region runs a list of phases (norm, matvec job, attention, ...). Each
+ * phase is split into chunks that threads claim from a counter; a thread moves
+ * to the next phase once every chunk of this one is complete. There is no
+ * barrier: a thread the OS has parked holds nothing up unless it holds a
+ * chunk, and it skips the phases finished without it when it wakes. */
+
+
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void phase_wait(dsync *c, int total) {
+    for (int spins = 0; atomic_load_explicit(&c->done, memory_order_acquire) < total;)
+        if (++spins < 4000) cpu_relax();
+        else { sched_yield(); spins = 0; }
+}
 
 /* ds4_rmsnorm of one row, without its OpenMP region (same arithmetic) */
 static void norm_row(float *y, const float *x, const float *w, int d, float eps) {
@@ -156,83 +205,74 @@ static void seg_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) 
     }
 }
 
-/* Every thread: its share of the job's chunks; ends with the loop's barrier. */
-static void run_job(const djob *j, const ds4_decode_scratch *S, dthread *t) {
-    const float *x = j->x ? j->x : t->xn;
-    t->have8 = t->haveK = 0;
-    #pragma omp for schedule(dynamic, 1)
-    for (int c = 0; c < j->total; c++) {
-        int k = 0, cc = c;
-        while (cc >= j->s[k].nch) cc -= j->s[k++].nch;
-        const dseg *s = &j->s[k];
-        const int r0 = cc * s->cr, r1 = DS4_MIN(s->rows, r0 + s->cr);
-        seg_rows(s, t, x, r0, r1);
-        if (s->rope) ds4_rope_heads(s->y + r0, S->cs, S->sn, (r1 - r0) / S->Dh, S->Dh);
-    }
+/* chunk c of a matvec job (rope: the chunk's rows are whole heads) */
+static void mv_chunk(const djob *j, const ds4_decode_scratch *S, dthread *t, int c) {
+    int k = 0;
+    while (c >= j->s[k].nch) c -= j->s[k++].nch;
+    const dseg *s = &j->s[k];
+    const int r0 = c * s->cr, r1 = DS4_MIN(s->rows, r0 + s->cr);
+    seg_rows(s, t, j->x ? j->x : S->xn, r0, r1);
+    if (s->rope) ds4_rope_heads(s->y + r0, S->cs, S->sn, (r1 - r0) / S->Dh, S->Dh);
 }
 
-/* h = silu(gate x) * up x over chunks of F rows: both matrices in one pass. */
-static void run_gate_up(const dseg *g, const dseg *u, float *h, dthread *t) {
-    const int F = g->rows;
-    const int cr = DS4_MIN(g->cr, u->cr), nch = (F + cr - 1) / cr;
-    t->have8 = t->haveK = 0;
-    #pragma omp for schedule(dynamic, 1)
-    for (int c = 0; c < nch; c++) {
-        const int r0 = c * cr, r1 = DS4_MIN(F, r0 + cr);
-        float gb[CHUNK_MAX_ROWS], ub[CHUNK_MAX_ROWS];
-        dseg gs = *g, us = *u;
-        gs.y = gb - r0;
-        us.y = ub - r0;
-        seg_rows(&gs, t, t->xn, r0, r1);
-        seg_rows(&us, t, t->xn, r0, r1);
-        for (int i = 0; i < r1 - r0; i++) {
-            const float s = 1.0f / (1.0f + expf(-gb[i]));
-            h[r0 + i] = gb[i] * s * ub[i];
-        }
+/* h = silu(gate xn) * up xn for chunk c of F rows: both matrices in one pass */
+static void gu_chunk(const djob *j, const ds4_decode_scratch *S, dthread *t, int c) {
+    const dseg *g = &j->s[0], *u = &j->s[1];
+    const int r0 = c * g->cr, r1 = DS4_MIN(g->rows, r0 + g->cr);
+    float gb[CHUNK_MAX_ROWS], ub[CHUNK_MAX_ROWS];
+    dseg gs = *g, us = *u;
+    gs.y = gb - r0;
+    us.y = ub - r0;
+    seg_rows(&gs, t, S->xn, r0, r1);
+    seg_rows(&us, t, S->xn, r0, r1);
+    for (int i = 0; i < r1 - r0; i++) {
+        const float sg = 1.0f / (1.0f + expf(-gb[i]));
+        S->h[r0 + i] = gb[i] * sg * ub[i];
     }
-}
-
-/* Attention for the token at position pos of sequence seq, layer l: query
- * heads split over the threads. */
-static void run_attention(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, const int *pos,
-                          const ds4_decode_scratch *S) {
-    const ds4_config *c = &m->cfg;
-    const size_t base = (size_t)seq * kv->capacity;
-    const ds4_attn a = {
-        .n_q = 1, .q = S->q, .qpos = pos, .n_kv = kv->len[l][seq], .k = kv->k[l] + base * S->KD,
-        .v = kv->v[l] + base * S->KD, .kpos = kv->pos[l] + base, .n_heads = c->num_attention_heads,
-        .n_kv_heads = c->num_key_value_heads, .head_dim = S->Dh, .window = c->sliding_window,
-        .sinks = m->w.layers[l].sinks, .sel = NULL, .sel_k = 0,
-    };
-    #pragma omp for schedule(dynamic, 1)
-    for (int h = 0; h < a.n_heads; h++) ds4_attn_decode_head(&a, h, S->att + (size_t)h * S->Dh);
 }
 
 typedef struct {
-    djob qkv, o, down, lm;
-    dseg gate, up;
-} dlayer;
+    const ds4_model *m;
+    const ds4_kv_cache *kv;
+    int seq;
+    const int *pos;
+} dctx;
 
-/* Attention half of layer l: x += o_proj(attn(norm(x))). */
-static void layer_attn(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, const int *pos,
-                       const dlayer *P, ds4_decode_scratch *S, dthread *t) {
-    const ds4_config *c = &m->cfg;
-    norm_row(t->xn, S->x, m->w.layers[l].input_layernorm, S->D, c->rms_norm_eps);
-    run_job(&P->qkv, S, t);
-    run_attention(m, kv, l, seq, pos, S);
-    run_job(&P->o, S, t);
+static void att_chunk(const dctx *X, const ds4_decode_scratch *S, int l, int h) {
+    const ds4_config *c = &X->m->cfg;
+    const ds4_kv_cache *kv = X->kv;
+    const size_t base = (size_t)X->seq * kv->capacity;
+    const ds4_attn a = {
+        .n_q = 1, .q = S->q, .qpos = X->pos, .n_kv = kv->len[l][X->seq], .k = kv->k[l] + base * S->KD,
+        .v = kv->v[l] + base * S->KD, .kpos = kv->pos[l] + base, .n_heads = c->num_attention_heads,
+        .n_kv_heads = c->num_key_value_heads, .head_dim = S->Dh, .window = c->sliding_window,
+        .sinks = X->m->w.layers[l].sinks, .sel = NULL, .sel_k = 0,
+    };
+    ds4_attn_decode_head(&a, h, S->att + (size_t)h * S->Dh);
 }
 
-static void layer_ffn_dense(const ds4_model *m, int l, const dlayer *P, ds4_decode_scratch *S, dthread *t) {
-    norm_row(t->xn, S->x, m->w.layers[l].post_attention_layernorm, S->D, m->cfg.rms_norm_eps);
-    run_gate_up(&P->gate, &P->up, S->h, t);
-    run_job(&P->down, S, t);
+/* Every thread of the region runs this over the same phase list. */
+static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4_decode_scratch *S) {
+    dthread *t = &S->t[omp_get_thread_num()];
+    const float eps = X->m->cfg.rms_norm_eps;
+    for (int p = 0; p < n_ph; p++) {
+        const dphase *P = &ph[p];
+        t->have8 = t->haveK = 0;
+        for (;;) {
+            const int c = atomic_fetch_add_explicit(&sy[p].next, 1, memory_order_relaxed);
+            if (c >= P->total) break;
+            switch (P->kind) {
+            case PH_NORM: norm_row(S->xn, S->x, P->nw, S->D, eps); break;
+            case PH_MV: mv_chunk(P->job, S, t, c); break;
+            case PH_GU: gu_chunk(P->job, S, t, c); break;
+            case PH_ATT: att_chunk(X, S, P->layer, c); break;
+            }
+            atomic_fetch_add_explicit(&sy[p].done, 1, memory_order_release);
+        }
+        phase_wait(&sy[p], P->total);
+    }
 }
 
-static void final_logits(const ds4_model *m, const djob *lm, ds4_decode_scratch *S, dthread *t) {
-    norm_row(t->xn, S->x, m->w.norm, S->D, m->cfg.rms_norm_eps);
-    run_job(lm, S, t);
-}
 
 static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, dlayer *P,
                        ds4_decode_scratch *S) {
@@ -251,12 +291,46 @@ static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int se
     P->o.x = S->att;
     job_done(&P->o);
     if (!ds4_layer_is_moe(c, l)) {
-        seg_init(&P->gate, m, W->gate_proj, D, F, NULL, 0, 0);
-        seg_init(&P->up, m, W->up_proj, D, F, NULL, 0, 0);
+        seg_init(&P->gu.s[0], m, W->gate_proj, D, F, NULL, 0, 0);
+        seg_init(&P->gu.s[1], m, W->up_proj, D, F, NULL, 0, 0);
+        P->gu.s[0].cr = P->gu.s[1].cr = DS4_MIN(P->gu.s[0].cr, P->gu.s[1].cr);
+        P->gu.total = (F + P->gu.s[0].cr - 1) / P->gu.s[0].cr;
         seg_init(&P->down.s[0], m, W->down_proj, F, D, S->x, 1, 0);
         P->down.n = 1;
         P->down.x = S->h;
         job_done(&P->down);
+    }
+}
+
+static int add_phase(dphase *ph, int n, int kind, const djob *job, const float *nw, int layer, int total) {
+    ph[n] = (dphase){.kind = kind, .job = job, .nw = nw, .layer = layer, .total = total};
+    return n + 1;
+}
+
+/* attention half of layer l: x += o_proj(attn(norm(x))) */
+static int add_attn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
+    n = add_phase(ph, n, PH_NORM, NULL, m->w.layers[l].input_layernorm, l, 1);
+    n = add_phase(ph, n, PH_MV, &P->qkv, NULL, l, P->qkv.total);
+    n = add_phase(ph, n, PH_ATT, NULL, NULL, l, m->cfg.num_attention_heads);
+    return add_phase(ph, n, PH_MV, &P->o, NULL, l, P->o.total);
+}
+
+static int add_ffn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
+    n = add_phase(ph, n, PH_NORM, NULL, m->w.layers[l].post_attention_layernorm, l, 1);
+    n = add_phase(ph, n, PH_GU, &P->gu, NULL, l, P->gu.total);
+    return add_phase(ph, n, PH_MV, &P->down, NULL, l, P->down.total);
+}
+
+static void run_region(const dctx *X, const dphase *ph, int n_ph, ds4_decode_scratch *S, int nth) {
+    for (int p = 0; p < n_ph; p++) {
+        atomic_store_explicit(&S->sync[p].next, 0, memory_order_relaxed);
+        atomic_store_explicit(&S->sync[p].done, 0, memory_order_relaxed);
+    }
+    if (nth > 1) {
+        #pragma omp parallel num_threads(nth)
+        run_phases(X, ph, S->sync, n_ph, S);
+    } else {
+        run_phases(X, ph, S->sync, n_ph, S);
     }
 }
 
@@ -267,7 +341,7 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     ds4_decode_scratch *S = kv->decode;
     if (S && (S->nth < nth || S->D != D || S->Q != c->num_attention_heads * c->head_dim ||
               S->KD != kv->kv_dim || S->F != c->intermediate_size || S->Dh != c->head_dim ||
-              (!S->moe && c->n_routed_experts > 0))) {
+              S->L != L || (!S->moe && c->n_routed_experts > 0))) {
         ds4_decode_scratch_free(S);
         kv->decode = S = NULL;
     }
@@ -281,6 +355,7 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     kv->next_pos[seq] = pos + 1;
     memcpy(S->x, m->w.embed + (size_t)token * D, sizeof(float) * D);
     ds4_rope_table(S->cs, S->sn, pos, S->Dh, c->rope_theta);
+    const dctx X = {.m = m, .kv = kv, .seq = seq, .pos = &pos};
     djob lm;
     memset(&lm, 0, sizeof lm);
     if (logits) {
@@ -288,34 +363,28 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
         lm.n = 1;
         job_done(&lm);
     }
+    dlayer *P = S->plan;
+    for (int l = 0; l < L; l++) plan_layer(m, kv, l, seq, &P[l], S);
     /* runs of dense layers in one region; a MoE layer ends its region after
      * attention and runs its FFN (with its own threading) between regions */
-    for (int l0 = 0; l0 < L;) {
-        int l1 = l0;
-        while (l1 < L && !ds4_layer_is_moe(c, l1)) l1++;
-        const int moe = l1 < L;                    /* layer l1: attention only, then MoE */
-        dlayer P[DS4_MAX_LAYERS];
-        for (int l = l0; l <= l1 && l < L; l++) plan_layer(m, kv, l, seq, &P[l], S);
-        #pragma omp parallel num_threads(nth)
-        {
-            dthread *t = &S->t[omp_get_thread_num()];
-            for (int l = l0; l < l1; l++) {
-                layer_attn(m, kv, l, seq, &pos, &P[l], S, t);
-                layer_ffn_dense(m, l, &P[l], S, t);
-            }
-            if (moe) layer_attn(m, kv, l1, seq, &pos, &P[l1], S, t);
-            else if (logits) final_logits(m, &lm, S, t);
+    for (int l0 = 0; l0 <= L;) {
+        int n = 0, l = l0;
+        for (; l < L && !ds4_layer_is_moe(c, l); l++) {
+            n = add_attn(S->ph, n, m, l, &P[l]);
+            n = add_ffn(S->ph, n, m, l, &P[l]);
         }
-        if (!moe) break;
+        if (l < L) n = add_attn(S->ph, n, m, l, &P[l]);
+        else if (logits) {
+            n = add_phase(S->ph, n, PH_NORM, NULL, m->w.norm, l, 1);
+            n = add_phase(S->ph, n, PH_MV, &lm, NULL, l, lm.total);
+        }
+        run_region(&X, S->ph, n, S, nth);
+        if (l == L) break;
         ds4_layer_acts *A = &S->moe->l[0];
-        ds4_rmsnorm(A->xn2, NULL, S->x, m->w.layers[l1].post_attention_layernorm, 1, D, c->rms_norm_eps);
-        ds4_moe_forward(c, &m->w.layers[l1], A, A->xn2, 1);
+        norm_row(A->xn2, S->x, m->w.layers[l].post_attention_layernorm, D, c->rms_norm_eps);
+        ds4_moe_forward(c, &m->w.layers[l], A, A->xn2, 1);
         for (int d = 0; d < D; d++) S->x[d] += A->ffn[d];
-        l0 = l1 + 1;
-        if (l0 == L && logits) {
-            #pragma omp parallel num_threads(nth)
-            final_logits(m, &lm, S, &S->t[omp_get_thread_num()]);
-        }
+        l0 = l + 1;
     }
     return 0;
 }
