@@ -112,7 +112,7 @@ static void help(void) {
            "              prefill attention vs the naive T x T score matrix\n"
            "options (defaults in brackets; scale up for a longer study):\n"
            "  --data F --val F          text [../shared/data/brown/train.txt, val.txt]\n"
-           "  --tokenizer F             tokenizer.json [trained on --data, --vocab 2048]\n"
+           "  --tokenizer F             tokenizer.json [trained on --data, --vocab 2048; cached in --work]\n"
            "  --work DIR                models and token shards [bench-prune.work]\n"
            "  --hidden 128 --layers 4 --heads 2 --head-dim 64 --ffn 384\n"
            "  --steps 200 --batch 8 --seq 256 --lr 2e-3 --seed 1 --prune-loss-weight 0.1\n"
