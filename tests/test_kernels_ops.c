@@ -217,6 +217,56 @@ static void test_rope_inverse_and_adjoint(void **state) {
     free(pos); free(x); free(y); free(x2); free(y2);
 }
 
+/* Runs of consecutive positions (the kernel steps the angles from one row to
+ * the next within fixed blocks of rows): every element against cos/sin of
+ * the angle in double, two sequences, one far from 0, and a row that breaks
+ * the run. */
+static void test_rope_consecutive_positions(void **state) {
+    (void)state;
+    ds4_rng r;
+    ds4_rng_seed(&r, 11);
+    int n = 150, nh = 2, hd = 64, half = 32;
+    size_t sz = (size_t)n * nh * hd;
+    int *pos = malloc(n * sizeof(int));
+    for (int i = 0; i < n; i++) pos[i] = i < 70 ? i : 100000 + (i - 70);
+    pos[100] = 5;                       /* breaks the run mid-block */
+    float *x = randv(&r, sz, 1), *y = malloc(sz * sizeof(float));
+    memcpy(y, x, sz * sizeof(float));
+    ds4_rope(y, pos, n, nh, hd, 10000.0f);
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < nh; h++)
+            for (int k = 0; k < half; k++) {
+                double a = pos[i] * pow(10000.0, -2.0 * k / hd), c = cos(a), sn = sin(a);
+                size_t o = ((size_t)i * nh + h) * hd + k;
+                check_close("rope run a", o, y[o], x[o] * c - x[o + half] * sn, 2e-6, 1e-6);
+                check_close("rope run b", o, y[o + half], x[o + half] * c + x[o] * sn, 2e-6, 1e-6);
+            }
+    free(pos); free(x); free(y);
+}
+
+/* The vectorised exp inside SwiGLU over its whole range: large |g|
+ * saturate cleanly (no NaN), NaN propagates, and moderate values are
+ * accurate to float rounding. */
+static void test_swiglu_range(void **state) {
+    (void)state;
+    enum { N = 1024 };
+    float g[N], u[N], h[N], dh[N], dg[N], du[N];
+    for (int i = 0; i < N; i++) { g[i] = -120.0f + 240.0f * i / (N - 1); u[i] = 1.0f; dh[i] = 1.0f; }
+    g[5] = NAN;
+    g[6] = INFINITY;
+    g[7] = -1e30f;
+    ds4_swiglu(h, g, u, N);
+    ds4_swiglu_backward(dg, du, dh, g, u, N);
+    assert_true(isnan(h[5]) && isnan(dg[5]) && isnan(du[5]));
+    assert_true(h[6] == INFINITY && h[7] == 0.0f && dg[7] == 0.0f && du[7] == 0.0f);
+    for (int i = 8; i < N; i++) {
+        double gd = g[i], s = 1.0 / (1.0 + exp(-gd));
+        check_close("swiglu range h", i, h[i], gd * s, 1e-30, 3e-7);
+        check_close("swiglu range du", i, du[i], gd * s, 1e-30, 3e-7);
+        check_close("swiglu range dg", i, dg[i], s * (1 + gd * (1 - s)), 1e-6, 1e-6);   /* cancels near g = -1.28 */
+    }
+}
+
 /* ---- SwiGLU --------------------------------------------------------------- */
 
 static void test_swiglu(void **state) {
@@ -335,6 +385,8 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm_backward_large),
         cmocka_unit_test(test_rope_known_value),
         cmocka_unit_test(test_rope_inverse_and_adjoint),
+        cmocka_unit_test(test_rope_consecutive_positions),
+        cmocka_unit_test(test_swiglu_range),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_softmax_xent_large),

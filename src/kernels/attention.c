@@ -47,6 +47,7 @@ typedef struct geom {
     int *lo, *hi;         /* [n_q] visible key index range of each query */
     int *tlo, *thi;       /* [nqt] union of the ranges of a tile's queries */
     int *tlo_max, *thi_min; /* [nqt] intersection: keys visible to all of them */
+    int fused_rows;       /* backward in one pass per kv head: its n_q*G rows, else 0 */
 } geom;
 
 /* Per-thread scratch, sized for R rows of the largest tile. */
@@ -63,8 +64,18 @@ typedef struct scratch {
     int *list;            /* [sel_k] cleaned sel list */
     uint64_t *bits;       /* [n_kv/64 + 1] zeroed bitmap for clean_sel */
     const float **rows;   /* [BK] key/value row pointers of a tile */
+    /* one-pass backward (fused_rows = NR > 0): every row of one kv head */
+    float *aQ, *adO, *adQ; /* [NR, Dh] scaled queries, dout rows, dq accumulator */
+    float *alse2, *aD;    /* [NR] */
+    int *arlo, *arhi;     /* [NR] */
     void *mem;
 } scratch;
+
+/* The backward row state of a row tile: pointers into scratch. */
+typedef struct bwd_rows {
+    float *Qt, *dOt, *lse2, *D;   /* [R, Dh], [R, Dh], [R], [R] */
+    int *rlo, *rhi;               /* [R] */
+} bwd_rows;
 
 /* Number of keys with kpos <= p (kpos strictly increasing). */
 static int upper_bound(const int *kpos, int n, long p) {
@@ -140,12 +151,13 @@ static size_t sel_words(int n_kv) { return (size_t)n_kv / 64 + 1; }
  * call measured on 2 vCPUs). */
 static int scratch_init(scratch *s, const geom *g) {
     int R = DS4_MIN(g->bq, g->a->n_q) * g->G * g->hj, Dh = g->Dh;
+    size_t NR = (size_t)g->fused_rows;
     int selk = g->a->sel ? DS4_MAX(g->a->sel_k, 1) : 1;
     size_t nf = 3 * (size_t)R * Dh + 2 * (size_t)Dh * BK + 2 * (size_t)R * BK +
-                2 * (size_t)BK * Dh + 4 * (size_t)R;
+                2 * (size_t)BK * Dh + 4 * (size_t)R + 3 * NR * Dh + 2 * NR;
     nf = (nf + 15) & ~(size_t)15;   /* keep the pointer array below 64-byte aligned */
     size_t nbits = g->a->sel ? sel_words(g->a->n_kv) : 0;
-    size_t nint = (2 * (size_t)R + selk + 1) & ~(size_t)1;   /* even: keeps bits 8-byte aligned */
+    size_t nint = (2 * (size_t)R + selk + 1 + 2 * NR) & ~(size_t)1;   /* even: keeps bits 8-byte aligned */
     size_t bytes = nf * sizeof(float) + BK * sizeof(float *) + nint * sizeof(int) + nbits * sizeof(uint64_t);
     memset(s, 0, sizeof(*s));
     float *f = ds4_alloc_aligned(bytes);
@@ -163,12 +175,19 @@ static int scratch_init(scratch *s, const geom *g) {
     s->m = f; f += R;
     s->l = f; f += R;
     s->lse2 = f; f += R;
-    s->D = f;
+    s->D = f; f += R;
+    s->aQ = f; f += NR * Dh;
+    s->adO = f; f += NR * Dh;
+    s->adQ = f; f += NR * Dh;
+    s->alse2 = f; f += NR;
+    s->aD = f;
     s->rows = (const float **)(void *)((float *)s->mem + nf);
     int *ip = (int *)(void *)(s->rows + BK);
     s->rlo = ip; ip += R;
     s->rhi = ip; ip += R;
-    s->list = ip;
+    s->list = ip; ip += selk;
+    s->arlo = ip; ip += NR;
+    s->arhi = ip;
     s->bits = (uint64_t *)(void *)(s->rlo + nint);
     return 0;
 }
@@ -197,15 +216,15 @@ static int row_query(const geom *g, int t, int r) { return t * g->bq + r / g->G;
 static int row_head(const geom *g, int kvh, int r) { return kvh * g->G + r % g->G; }
 
 /* Copies the query rows of tile t, kv head kvh, scaled by g->c, into
- * Qd [R,Dh], and their visible ranges into s->rlo/rhi. */
-static void gather_q(const geom *g, scratch *s, int t, int kvh, int R, float *Qd) {
+ * Qd [R,Dh], and their visible ranges into rlo/rhi [R]. */
+static void gather_q(const geom *g, int t, int kvh, int R, float *Qd, int *rlo, int *rhi) {
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
         const float *q = g->a->q + (size_t)i * g->qs + (size_t)h * g->Dh;
         float *d = Qd + (size_t)r * g->Dh;
         for (int e = 0; e < g->Dh; e++) d[e] = q[e] * g->c;
-        s->rlo[r] = g->lo[i];
-        s->rhi[r] = g->hi[i];
+        rlo[r] = g->lo[i];
+        rhi[r] = g->hi[i];
     }
 }
 
@@ -310,7 +329,7 @@ static void fwd_job(const geom *g, scratch *s, int t, int kv0, int sp, int nsp,
                     float *out, float *lse, float *part) {
     const ds4_attn *a = g->a;
     int Dh = g->Dh, R = tile_rows(g, t), nh = g->hj;
-    for (int c = 0; c < nh; c++) gather_q(g, s, t, kv0 + c, R, s->Qt + (size_t)c * R * Dh);
+    for (int c = 0; c < nh; c++) gather_q(g, t, kv0 + c, R, s->Qt + (size_t)c * R * Dh, s->rlo, s->rhi);
     for (int r = 0; r < nh * R; r++) { s->m[r] = -INFINITY; s->l[r] = 0.0f; }
     memset(s->O, 0, (size_t)nh * R * Dh * sizeof(float));
 
@@ -439,64 +458,61 @@ static void merge_splits(const geom *g, scratch *s, int nsp, const float *part, 
 
 /* ---- backward ------------------------------------------------------------------ */
 
-/* Gathers the backward row state of tile t, kv head kvh: Qt, dOt, ranges,
- * lse2 and D. Returns the row count. */
-static int bwd_gather(const geom *g, scratch *s, int t, int kvh, const float *lse,
-                      const float *dout, const float *D) {
+/* Gathers the backward row state of tile t, kv head kvh into w: Qt, dOt,
+ * ranges, lse2 and D. Returns the row count. */
+static int bwd_gather(const geom *g, int t, int kvh, const float *lse, const float *dout,
+                      const float *D, const bwd_rows *w) {
     int R = tile_rows(g, t), Dh = g->Dh;
-    gather_q(g, s, t, kvh, R, s->Qt);
+    gather_q(g, t, kvh, R, w->Qt, w->rlo, w->rhi);
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
         size_t row = (size_t)i * g->H + h;
-        memcpy(s->dOt + (size_t)r * Dh, dout + (size_t)i * g->qs + (size_t)h * Dh, (size_t)Dh * sizeof(float));
-        s->lse2[r] = lse[row] * LOG2E;
-        s->D[r] = D[row];
+        memcpy(w->dOt + (size_t)r * Dh, dout + (size_t)i * g->qs + (size_t)h * Dh, (size_t)Dh * sizeof(float));
+        w->lse2[r] = lse[row] * LOG2E;
+        w->D[r] = D[row];
     }
     return R;
 }
 
-/* For the key tile whose rows are in s->rows (nk keys, first index j0): S,
- * then P = exp2(S - lse2) in s->S and dS = P * (dO.V - D) in s->dP. Needs the
- * value rows transposed in s->VT already. */
-static void bwd_probs(const geom *g, scratch *s, int R, int nk, int j0, int full) {
+/* The row state of tile t in the scratch's single-tile buffers. */
+static bwd_rows tile_state(scratch *s) {
+    return (bwd_rows){.Qt = s->Qt, .dOt = s->dOt, .lse2 = s->lse2, .D = s->D, .rlo = s->rlo, .rhi = s->rhi};
+}
+
+/* For the key tile whose rows are in s->rows (nk keys, first index j0) and
+ * rows w: S, then P = exp2(S - lse2) in s->S and dS = P * (dO.V - D) in
+ * s->dP. Needs the value rows transposed in s->VT already, and the key rows
+ * in s->KT when kt_ready (else score_tile transposes them). */
+static void bwd_probs(const geom *g, scratch *s, const bwd_rows *w, int R, int nk, int j0, int full,
+                      int kt_ready) {
     int nkp = (nk + 7) & ~7, Dh = g->Dh;
-    score_tile(g, s, s->Qt, R, nk, nkp);
-    mask_tile(s->S, R, nk, nkp, full ? NULL : s->rlo, s->rhi, j0);
+    if (kt_ready && R > SCORE_DIRECT_MAX_ROWS) ds4_tile_gemm(s->S, BK, w->Qt, Dh, 1, s->KT, BK, R, nkp, Dh, 0);
+    else score_tile(g, s, w->Qt, R, nk, nkp);
+    mask_tile(s->S, R, nk, nkp, full ? NULL : w->rlo, w->rhi, j0);
     for (int r = 0; r < R; r++) {
         float *row = s->S + (size_t)r * BK;
-        if (s->lse2[r] == -INFINITY) memset(row, 0, (size_t)nkp * sizeof(float));
-        else ds4_tile_exp2_sum(row, nkp, s->lse2[r]);
+        if (w->lse2[r] == -INFINITY) memset(row, 0, (size_t)nkp * sizeof(float));
+        else ds4_tile_exp2_sum(row, nkp, w->lse2[r]);
     }
-    ds4_tile_gemm(s->dP, BK, s->dOt, Dh, 1, s->VT, BK, R, nkp, Dh, 0);
+    ds4_tile_gemm(s->dP, BK, w->dOt, Dh, 1, s->VT, BK, R, nkp, Dh, 0);
     for (int r = 0; r < R; r++) {
-        float *p = s->S + (size_t)r * BK, *dp = s->dP + (size_t)r * BK, Dr = s->D[r];
+        float *p = s->S + (size_t)r * BK, *dp = s->dP + (size_t)r * BK, Dr = w->D[r];
         for (int jj = 0; jj < nkp; jj++) dp[jj] = p[jj] * (dp[jj] - Dr);
     }
 }
 
-/* Dense pass 1: key tile kt of kv head kvh owns dk, dv of its keys. */
-static void bwd_dense_kv(const geom *g, scratch *s, int kvh, int kt, const float *lse,
-                         const float *dout, const float *D, float *dk, float *dv) {
-    const ds4_attn *a = g->a;
-    int Dh = g->Dh, j0 = kt * BK, nk = DS4_MIN(BK, a->n_kv - j0);
-    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
+/* Points s->rows at the nk value rows from key j0 of kv head kvh and
+ * transposes them into s->VT, then points s->rows at the key rows. */
+static void load_kv_tile(const geom *g, scratch *s, int kvh, int j0, int nk) {
+    const float *kb = g->a->k + (size_t)kvh * g->Dh, *vb = g->a->v + (size_t)kvh * g->Dh;
     for (int jj = 0; jj < nk; jj++) s->rows[jj] = vb + (size_t)(j0 + jj) * g->ks;
-    ds4_tile_transpose(s->VT, BK, s->rows, nk, Dh);
+    ds4_tile_transpose(s->VT, BK, s->rows, nk, g->Dh);
     for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
-    memset(s->X, 0, (size_t)BK * Dh * sizeof(float));   /* dK [nk, Dh] */
-    memset(s->Y, 0, (size_t)BK * Dh * sizeof(float));   /* dV [nk, Dh] */
-    int any = 0;
-    for (int t = 0; t < g->nqt; t++) {
-        if (!(g->tlo[t] < j0 + nk && g->thi[t] > j0)) continue;
-        int R = bwd_gather(g, s, t, kvh, lse, dout, D);
-        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
-        bwd_probs(g, s, R, nk, j0, full);
-        /* dV += P^T dO ; dK += dS^T Qt (Qt carries log2e/sqrt(Dh), fixed below) */
-        ds4_tile_gemm(s->Y, Dh, s->S, 1, BK, s->dOt, Dh, nk, Dh, R, 1);
-        ds4_tile_gemm(s->X, Dh, s->dP, 1, BK, s->Qt, Dh, nk, Dh, R, 1);
-        any = 1;
-    }
-    if (!any) return;
+}
+
+/* dk, dv of key tile j0 (nk keys) += the accumulated X (dK, log2 units), Y (dV). */
+static void store_dkv(const geom *g, const scratch *s, int kvh, int j0, int nk, float *dk, float *dv) {
+    int Dh = g->Dh;
     for (int jj = 0; jj < nk; jj++) {
         float *dkr = dk + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
         float *dvr = dv + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
@@ -505,30 +521,105 @@ static void bwd_dense_kv(const geom *g, scratch *s, int kvh, int kt, const float
     }
 }
 
-/* Dense pass 2: row tile t of kv head kvh owns dq of its rows. */
-static void bwd_dense_q(const geom *g, scratch *s, int t, int kvh, const float *lse,
-                        const float *dout, const float *D, float *dq) {
-    const ds4_attn *a = g->a;
+/* dq rows of tile t += dQ [R, Dh] / sqrt(Dh). */
+static void store_dq(const geom *g, int t, int kvh, int R, const float *dQ, float *dq) {
     int Dh = g->Dh;
-    const float *kb = a->k + (size_t)kvh * Dh, *vb = a->v + (size_t)kvh * Dh;
-    int R = bwd_gather(g, s, t, kvh, lse, dout, D);
-    memset(s->O, 0, (size_t)R * Dh * sizeof(float));    /* dQ [R, Dh] */
-    for (int j0 = g->tlo[t]; j0 < g->thi[t]; j0 += BK) {
-        int nk = DS4_MIN(BK, g->thi[t] - j0);
-        for (int jj = 0; jj < nk; jj++) s->rows[jj] = vb + (size_t)(j0 + jj) * g->ks;
-        ds4_tile_transpose(s->VT, BK, s->rows, nk, Dh);
-        for (int jj = 0; jj < nk; jj++) s->rows[jj] = kb + (size_t)(j0 + jj) * g->ks;
-        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
-        bwd_probs(g, s, R, nk, j0, full);
-        ds4_tile_gemm(s->O, Dh, s->dP, BK, 1, kb + (size_t)j0 * g->ks, g->ks, R, Dh, nk, 1);
-    }
     float sc = 1.0f / sqrtf((float)Dh);
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
         float *d = dq + (size_t)i * g->qs + (size_t)h * Dh;
-        const float *o = s->O + (size_t)r * Dh;
+        const float *o = dQ + (size_t)r * Dh;
         for (int e = 0; e < Dh; e++) d[e] += sc * o[e];
     }
+}
+
+/* Dense pass 1: key tile kt of kv head kvh owns dk, dv of its keys. */
+static void bwd_dense_kv(const geom *g, scratch *s, int kvh, int kt, const float *lse,
+                         const float *dout, const float *D, float *dk, float *dv) {
+    int Dh = g->Dh, j0 = kt * BK, nk = DS4_MIN(BK, g->a->n_kv - j0);
+    bwd_rows w = tile_state(s);
+    load_kv_tile(g, s, kvh, j0, nk);
+    memset(s->X, 0, (size_t)BK * Dh * sizeof(float));   /* dK [nk, Dh] */
+    memset(s->Y, 0, (size_t)BK * Dh * sizeof(float));   /* dV [nk, Dh] */
+    int any = 0;
+    for (int t = 0; t < g->nqt; t++) {
+        if (!(g->tlo[t] < j0 + nk && g->thi[t] > j0)) continue;
+        int R = bwd_gather(g, t, kvh, lse, dout, D, &w);
+        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
+        bwd_probs(g, s, &w, R, nk, j0, full, 0);
+        /* dV += P^T dO ; dK += dS^T Qt (Qt carries log2e/sqrt(Dh), fixed below) */
+        ds4_tile_gemm(s->Y, Dh, s->S, 1, BK, s->dOt, Dh, nk, Dh, R, 1);
+        ds4_tile_gemm(s->X, Dh, s->dP, 1, BK, s->Qt, Dh, nk, Dh, R, 1);
+        any = 1;
+    }
+    if (any) store_dkv(g, s, kvh, j0, nk, dk, dv);
+}
+
+/* Dense pass 2: row tile t of kv head kvh owns dq of its rows. */
+static void bwd_dense_q(const geom *g, scratch *s, int t, int kvh, const float *lse,
+                        const float *dout, const float *D, float *dq) {
+    int Dh = g->Dh;
+    const float *kb = g->a->k + (size_t)kvh * Dh;
+    bwd_rows w = tile_state(s);
+    int R = bwd_gather(g, t, kvh, lse, dout, D, &w);
+    memset(s->O, 0, (size_t)R * Dh * sizeof(float));    /* dQ [R, Dh] */
+    for (int j0 = g->tlo[t]; j0 < g->thi[t]; j0 += BK) {
+        int nk = DS4_MIN(BK, g->thi[t] - j0);
+        load_kv_tile(g, s, kvh, j0, nk);
+        int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
+        bwd_probs(g, s, &w, R, nk, j0, full, 0);
+        ds4_tile_gemm(s->O, Dh, s->dP, BK, 1, kb + (size_t)j0 * g->ks, g->ks, R, Dh, nk, 1);
+    }
+    store_dq(g, t, kvh, R, s->O, dq);
+}
+
+/* Dense, one pass: kv head kvh owns dk, dv of its keys and dq of its rows.
+ * Every row's state is gathered once into the scratch's all-row buffers;
+ * P and dS of each (row tile, key tile) pair are computed once instead of
+ * once per pass. The sums run in the same order as in the two passes (dq of
+ * a row over its keys in increasing order, dk/dv of a key over row tiles in
+ * increasing order; keys of a tile outside a row's range add exact zeros),
+ * so the results are the same bit for bit. */
+static void bwd_dense_fused(const geom *g, scratch *s, int kvh, const float *lse, const float *dout,
+                            const float *D, float *dq, float *dk, float *dv) {
+    const ds4_attn *a = g->a;
+    int Dh = g->Dh, tr = g->bq * g->G;   /* rows of a full row tile */
+    const float *kb = a->k + (size_t)kvh * Dh;
+    for (int t = 0; t < g->nqt; t++) {
+        size_t o = (size_t)t * tr;
+        bwd_rows w = {.Qt = s->aQ + o * Dh, .dOt = s->adO + o * Dh, .lse2 = s->alse2 + o, .D = s->aD + o,
+                      .rlo = s->arlo + o, .rhi = s->arhi + o};
+        bwd_gather(g, t, kvh, lse, dout, D, &w);
+    }
+    memset(s->adQ, 0, (size_t)g->fused_rows * Dh * sizeof(float));
+    int nkt = (a->n_kv + BK - 1) / BK;
+    for (int kt = 0; kt < nkt; kt++) {
+        int j0 = kt * BK, nk = DS4_MIN(BK, a->n_kv - j0), kt_ready = 0;
+        load_kv_tile(g, s, kvh, j0, nk);
+        memset(s->X, 0, (size_t)BK * Dh * sizeof(float));   /* dK [nk, Dh] */
+        memset(s->Y, 0, (size_t)BK * Dh * sizeof(float));   /* dV [nk, Dh] */
+        int any = 0;
+        for (int t = 0; t < g->nqt; t++) {
+            if (!(g->tlo[t] < j0 + nk && g->thi[t] > j0)) continue;
+            int R = tile_rows(g, t);
+            size_t o = (size_t)t * tr;
+            bwd_rows w = {.Qt = s->aQ + o * Dh, .dOt = s->adO + o * Dh, .lse2 = s->alse2 + o, .D = s->aD + o,
+                          .rlo = s->arlo + o, .rhi = s->arhi + o};
+            if (!kt_ready && R > SCORE_DIRECT_MAX_ROWS) {
+                ds4_tile_transpose(s->KT, BK, s->rows, nk, Dh);
+                kt_ready = 1;
+            }
+            int full = j0 >= g->tlo_max[t] && j0 + nk <= g->thi_min[t];
+            bwd_probs(g, s, &w, R, nk, j0, full, kt_ready);
+            ds4_tile_gemm(s->Y, Dh, s->S, 1, BK, w.dOt, Dh, nk, Dh, R, 1);
+            ds4_tile_gemm(s->X, Dh, s->dP, 1, BK, w.Qt, Dh, nk, Dh, R, 1);
+            ds4_tile_gemm(s->adQ + o * Dh, Dh, s->dP, BK, 1, kb + (size_t)j0 * g->ks, g->ks, R, Dh, nk, 1);
+            any = 1;
+        }
+        if (any) store_dkv(g, s, kvh, j0, nk, dk, dv);
+    }
+    for (int t = 0; t < g->nqt; t++)
+        store_dq(g, t, kvh, tile_rows(g, t), s->adQ + (size_t)t * tr * Dh, dq);
 }
 
 /* Sparse: gradient terms of one (row, key) pair, p = softmax weight, with
@@ -663,14 +754,23 @@ void ds4_attention_backward(const ds4_attn *a, const float *out, const float *ls
         cnt[0] = 0;
     }
 
-    int failed = 0, nkt = (a->n_kv + BK - 1) / BK;
+    /* Dense with both outputs: one pass per kv head when the K jobs keep the
+     * threads at least 5/7 busy (the two passes do 7 tile products per
+     * (row tile, key tile) pair, the one pass 5). Same results either way. */
+    int nkt = (a->n_kv + BK - 1) / BK;
+    int fused = !a->sel && dq && dk && (size_t)((g.K + nth - 1) / nth) * nth * 5 <= (size_t)g.K * 7;
+    if (fused) g.fused_rows = g.nqt * g.bq * g.G;
+    int failed = 0;
     #pragma omp parallel num_threads(nth)
     {
         scratch sc;
         if (scratch_team_init(&sc, &g, &failed) == 0) {
             /* The passes write disjoint outputs and only read shared inputs,
              * so no barrier is needed between them. */
-            if (!a->sel) {
+            if (fused) {
+                #pragma omp for schedule(dynamic, 1) nowait
+                for (int kvh = 0; kvh < g.K; kvh++) bwd_dense_fused(&g, &sc, kvh, lse, dout, D, dq, dk, dv);
+            } else if (!a->sel) {
                 if (dk) {
                     #pragma omp for schedule(dynamic, 1) nowait
                     for (int jb = 0; jb < nkt * g.K; jb++)

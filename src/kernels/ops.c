@@ -1,16 +1,117 @@
 /* ops.c — the dense per-row kernels of ds4: linear layers (OpenBLAS sgemm),
  * RMSNorm, RoPE (rotate-half), SwiGLU and softmax cross-entropy, each with its
- * backward. OpenMP splits rows across threads where the work pays for it. */
+ * backward. OpenMP splits rows across threads where the work pays for it;
+ * AVX2+FMA paths (exp, dot products) when the compiler targets them. Every
+ * result is independent of the thread count. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels.h"
 #include "util/util.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define OPS_SIMD 1
+#else
+#define OPS_SIMD 0
+#endif
+
 /* Below this many floats of work a parallel region costs more than it saves. */
 #define OPS_PAR_MIN 32768
+
+/* ---- vector helpers --------------------------------------------------------- */
+
+#if OPS_SIMD
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* e^x for 8 lanes: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts
+ * so r is exact to ~1e-10), e^r by a degree-7 Taylor polynomial (relative
+ * error < 2e-8 before rounding), 2^n through the exponent bits. Gives +0
+ * below -87.3 and +inf above 88.7; NaN stays NaN (the max/min keep their
+ * second operand, x, when it is NaN). */
+static inline __m256 exp_ps(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.72283f), lo = _mm256_set1_ps(-87.33654f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);     /* ln2 high bits */
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203094172e-06f), r);        /* ln2 - high */
+    __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n in two halves: n reaches 128 at the top of the range */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    p = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    p = _mm256_andnot_ps(under, p);
+    return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
+}
+
+/* Sum of a[i] * b[i] over n, in float with 16 lanes of partial sums. */
+static inline float dot_ps(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* Sum of a[i] * b[i] * c[i] over n, as dot_ps. */
+static inline float dot3_ps(const float *a, const float *b, const float *c, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)),
+                             _mm256_loadu_ps(c + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i), s0);
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i] * c[i];
+    return s;
+}
+#else
+static inline float dot_ps(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline float dot3_ps(const float *a, const float *b, const float *c, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i] * c[i];
+    return s;
+}
+#endif
 
 /* ---- linear layers -------------------------------------------------------- */
 
@@ -44,9 +145,7 @@ void ds4_rmsnorm(float *y, float *rstd, const float *x, const float *w, int n, i
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d;   /* [d] */
         float *yr = y + (size_t)r * d;         /* [d] */
-        float ss = 0.0f;
-        for (int j = 0; j < d; j++) ss += xr[j] * xr[j];
-        float rs = 1.0f / sqrtf(ss / (float)d + eps);
+        float rs = 1.0f / sqrtf(dot_ps(xr, xr, d) / (float)d + eps);
         if (rstd) rstd[r] = rs;
         for (int j = 0; j < d; j++) yr[j] = xr[j] * rs * w[j];
     }
@@ -63,9 +162,7 @@ void ds4_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
             const float *xr = x + (size_t)r * d, *dyr = dy + (size_t)r * d;  /* [d] */
             float *dxr = dx + (size_t)r * d;                                /* [d] */
             float rs = rstd[r];
-            float dot = 0.0f;
-            for (int j = 0; j < d; j++) dot += dyr[j] * w[j] * xr[j];
-            float c = dot * rs * rs * rs / (float)d;
+            float c = dot3_ps(dyr, w, xr, d) * rs * rs * rs / (float)d;
             for (int j = 0; j < d; j++) dxr[j] += rs * w[j] * dyr[j] - c * xr[j];
         }
     }
@@ -86,38 +183,82 @@ void ds4_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
 
 /* ---- RoPE ----------------------------------------------------------------- */
 
+/* Rotates the nh heads of one row x [nh, hd] by the angles whose cos/sin
+ * (sign applied to sin) are cs, sn [hd/2]. */
+static inline void rope_row(float *x, const float *cs, const float *sn, int nh, int hd) {
+    int half = hd / 2;
+    for (int h = 0; h < nh; h++) {
+        float *a = x + (size_t)h * hd, *b = a + half;
+        for (int i = 0; i < half; i++) {
+            float x1 = a[i], x2 = b[i];
+            a[i] = x1 * cs[i] - x2 * sn[i];
+            b[i] = x2 * cs[i] + x1 * sn[i];
+        }
+    }
+}
+
 /* Rotates every head of every row by +angle (sign = 1) or -angle (sign = -1).
  * Angles are computed in double: positions reach 1e5+ and a float angle would
- * lose several digits. cos/sin are computed once per (row, i) in chunks and
- * applied to all heads. */
+ * lose several digits. Rows come in fixed blocks of ROPE_RB: the first row of
+ * a block (and any row whose position does not follow the previous row's)
+ * takes sincos of pos * theta^(-2i/hd); the next ones rotate the previous
+ * (cos, sin) by one position step in double (error ~1e-15 after a block,
+ * far below float rounding). Blocks do not depend on the thread count. */
+#define ROPE_RB 32
 static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float theta, float sign) {
     int half = hd / 2;
-    enum { CH = 64, MAXHALF = 512 };
-    double inv[MAXHALF];   /* [hd/2] theta^(-2i/hd); beyond head_dim 1024, pow on the fly */
-    int tab = half <= MAXHALF;
-    for (int i = 0; tab && i < half; i++) inv[i] = pow((double)theta, -2.0 * (double)i / (double)hd);
-    #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
-    for (int r = 0; r < n; r++) {
-        float cs[CH], sn[CH];
-        float *xr = x + (size_t)r * nh * hd;  /* [nh, hd] */
-        double p = (double)pos[r];
-        for (int i0 = 0; i0 < half; i0 += CH) {
-            int m = DS4_MIN(CH, half - i0);
-            for (int i = 0; i < m; i++) {
-                double f = tab ? inv[i0 + i] : pow((double)theta, -2.0 * (double)(i0 + i) / (double)hd);
-                double s, c;
-                sincos(p * f, &s, &c);
-                cs[i] = (float)c;
-                sn[i] = sign * (float)s;
-            }
-            for (int h = 0; h < nh; h++) {
-                float *a = xr + (size_t)h * hd + i0, *b = a + half;
+    enum { MAXHALF = 256 };
+    if (half > MAXHALF) {     /* beyond head_dim 512: sincos per row, pow on the fly */
+        #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
+        for (int r = 0; r < n; r++) {
+            float cs[64], sn[64];
+            for (int i0 = 0; i0 < half; i0 += 64) {
+                int m = DS4_MIN(64, half - i0);
                 for (int i = 0; i < m; i++) {
-                    float x1 = a[i], x2 = b[i];
-                    a[i] = x1 * cs[i] - x2 * sn[i];
-                    b[i] = x2 * cs[i] + x1 * sn[i];
+                    double s, c;
+                    sincos((double)pos[r] * pow((double)theta, -2.0 * (double)(i0 + i) / (double)hd), &s, &c);
+                    cs[i] = (float)c;
+                    sn[i] = sign * (float)s;
+                }
+                for (int h = 0; h < nh; h++) {
+                    float *a = x + (size_t)r * nh * hd + (size_t)h * hd + i0, *b = a + half;
+                    for (int i = 0; i < m; i++) {
+                        float x1 = a[i], x2 = b[i];
+                        a[i] = x1 * cs[i] - x2 * sn[i];
+                        b[i] = x2 * cs[i] + x1 * sn[i];
+                    }
                 }
             }
+        }
+        return;
+    }
+    double inv[MAXHALF], cf[MAXHALF], sf[MAXHALF];   /* [hd/2] theta^(-2i/hd), its cos, sin */
+    for (int i = 0; i < half; i++) {
+        inv[i] = pow((double)theta, -2.0 * (double)i / (double)hd);
+        sincos(inv[i], &sf[i], &cf[i]);
+    }
+    const int nb = (n + ROPE_RB - 1) / ROPE_RB;
+    #pragma omp parallel for schedule(static) if ((size_t)n * nh * hd >= OPS_PAR_MIN)
+    for (int bk = 0; bk < nb; bk++) {
+        double c[MAXHALF], s[MAXHALF];
+        float cs[MAXHALF], sn[MAXHALF];
+        const int r0 = bk * ROPE_RB, r1 = DS4_MIN(n, r0 + ROPE_RB);
+        for (int r = r0; r < r1; r++) {
+            if (r == r0 || (long)pos[r] != (long)pos[r - 1] + 1) {
+                const double p = (double)pos[r];
+                for (int i = 0; i < half; i++) sincos(p * inv[i], &s[i], &c[i]);
+            } else {
+                for (int i = 0; i < half; i++) {
+                    const double c0 = c[i], s0 = s[i];
+                    c[i] = c0 * cf[i] - s0 * sf[i];
+                    s[i] = s0 * cf[i] + c0 * sf[i];
+                }
+            }
+            for (int i = 0; i < half; i++) {
+                cs[i] = (float)c[i];
+                sn[i] = sign * (float)s[i];
+            }
+            rope_row(x + (size_t)r * nh * hd, cs, sn, nh, hd);
         }
     }
 }
@@ -133,44 +274,110 @@ void ds4_rope_backward(float *dx, const int *pos, int n, int nh, int hd, float t
 
 /* ---- SwiGLU --------------------------------------------------------------- */
 
-void ds4_swiglu(float *h, const float *g, const float *u, size_t n) {
-    #pragma omp parallel for schedule(static) if (n >= 4 * OPS_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float s = 1.0f / (1.0f + expf(-g[i]));
-        h[i] = g[i] * s * u[i];
+/* Elements per OpenMP chunk of the flat SwiGLU loops (a multiple of 8). */
+#define SWIGLU_CHUNK 4096
+
+/* h = g s u with s = sigmoid(g), for i in [i0, i1). */
+static void swiglu_range(float *h, const float *g, const float *u, size_t i0, size_t i1) {
+    size_t i = i0;
+#if OPS_SIMD
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= i1; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 sv = _mm256_div_ps(one, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(zero, gv))));
+        _mm256_storeu_ps(h + i, _mm256_mul_ps(_mm256_mul_ps(gv, sv), _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < i1; i++) {
+        float sg = 1.0f / (1.0f + expf(-g[i]));
+        h[i] = g[i] * sg * u[i];
     }
 }
 
+void ds4_swiglu(float *h, const float *g, const float *u, size_t n) {
+    const size_t nc = (n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
+    #pragma omp parallel for schedule(static) if (n >= 4 * OPS_PAR_MIN)
+    for (size_t c = 0; c < nc; c++)
+        swiglu_range(h, g, u, c * SWIGLU_CHUNK, DS4_MIN(n, (c + 1) * SWIGLU_CHUNK));
+}
+
 /* silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g). */
+static void swiglu_backward_range(float *dg, float *du, const float *dh, const float *g, const float *u,
+                                  size_t i0, size_t i1) {
+    size_t i = i0;
+#if OPS_SIMD
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= i1; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i), uv = _mm256_loadu_ps(u + i), d = _mm256_loadu_ps(dh + i);
+        __m256 sv = _mm256_div_ps(one, _mm256_add_ps(one, exp_ps(_mm256_sub_ps(zero, gv))));
+        __m256 gs = _mm256_mul_ps(gv, sv);
+        /* d u s (1 + g (1 - s)) = d u (s + g s (1 - s)) */
+        __m256 ds = _mm256_fmadd_ps(gs, _mm256_sub_ps(one, sv), sv);
+        _mm256_storeu_ps(dg + i, _mm256_mul_ps(_mm256_mul_ps(d, uv), ds));
+        _mm256_storeu_ps(du + i, _mm256_mul_ps(d, gs));
+    }
+#endif
+    for (; i < i1; i++) {
+        float gi = g[i], ui = u[i], d = dh[i];
+        float sg = 1.0f / (1.0f + expf(-gi));
+        dg[i] = d * ui * sg * (1.0f + gi * (1.0f - sg));
+        du[i] = d * gi * sg;
+    }
+}
+
 void ds4_swiglu_backward(float *dg, float *du, const float *dh, const float *g,
                          const float *u, size_t n) {
+    const size_t nc = (n + SWIGLU_CHUNK - 1) / SWIGLU_CHUNK;
     #pragma omp parallel for schedule(static) if (n >= 4 * OPS_PAR_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i], ui = u[i], d = dh[i];
-        float s = 1.0f / (1.0f + expf(-gi));
-        dg[i] = d * ui * s * (1.0f + gi * (1.0f - s));
-        du[i] = d * gi * s;
-    }
+    for (size_t c = 0; c < nc; c++)
+        swiglu_backward_range(dg, du, dh, g, u, c * SWIGLU_CHUNK, DS4_MIN(n, (c + 1) * SWIGLU_CHUNK));
 }
 
 /* ---- softmax cross-entropy ------------------------------------------------ */
 
-/* One row: loss = log(sum_j exp(l_j - m)) + m - l_t, max-subtracted. Writes
- * dlogits (which may alias logits) after everything is read. */
+/* One row: loss = log(sum_j exp(l_j - m)) + m - l_t, max-subtracted. With dl
+ * (which may alias l) a single exp pass: dl holds exp(l_j - m) while the sum
+ * runs, then is scaled in place. */
 static double xent_row(float *dl, const float *l, int t, int V, float scale) {
     if (t < 0) {
         if (dl) memset(dl, 0, (size_t)V * sizeof(float));
         return 0.0;
     }
+    const double lt = (double)l[t];
+    int j = 0;
     float m = l[0];
-    for (int j = 1; j < V; j++) m = l[j] > m ? l[j] : m;
+#if OPS_SIMD
+    if (V >= 8) {
+        __m256 mv = _mm256_loadu_ps(l);
+        for (j = 8; j + 8 <= V; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(l + j));
+        m = hmax8(mv);
+    }
+#endif
+    for (; j < V; j++) m = l[j] > m ? l[j] : m;
     double sum = 0.0;
-    for (int j = 0; j < V; j++) sum += (double)expf(l[j] - m);
-    double lt = (double)l[t];
+    j = 0;
+#if OPS_SIMD
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (; j + 8 <= V; j += 8) {
+        __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(l + j), mv));
+        if (dl) _mm256_storeu_ps(dl + j, e);
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double sv[4];
+    _mm256_storeu_pd(sv, _mm256_add_pd(s0, s1));
+    sum = (sv[0] + sv[1]) + (sv[2] + sv[3]);
+#endif
+    for (; j < V; j++) {
+        float e = expf(l[j] - m);
+        if (dl) dl[j] = e;
+        sum += (double)e;
+    }
     double loss = log(sum) + (double)m - lt;
     if (dl) {
         float inv = (float)(1.0 / sum) * scale;
-        for (int j = 0; j < V; j++) dl[j] = expf(l[j] - m) * inv;
+        for (j = 0; j < V; j++) dl[j] *= inv;
         dl[t] -= scale;
     }
     return loss;
@@ -179,26 +386,18 @@ static double xent_row(float *dl, const float *l, int t, int V, float scale) {
 double ds4_softmax_xent(float *dlogits, const float *logits, const int *targets,
                         int n, int V, float scale) {
     if (n <= 0 || V <= 0) return 0.0;
-    /* Per-thread partial sums over static row blocks, added in thread order:
-     * the result depends only on the thread count, not on timing. */
-    enum { MAXT = 256 };
-    double part[MAXT];
-    int nt_used = 1;
-    #pragma omp parallel if ((size_t)n * V >= OPS_PAR_MIN) num_threads(DS4_MIN(omp_get_max_threads(), MAXT))
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int r0 = (int)((long)n * t / nt), r1 = (int)((long)n * (t + 1) / nt);
-        double acc = 0.0;
-        for (int r = r0; r < r1; r++) {
-            int tg = targets[r];
-            if (tg >= V) tg = -1;   /* out-of-range target: treated as ignored */
-            acc += xent_row(dlogits ? dlogits + (size_t)r * V : NULL,
-                            logits + (size_t)r * V, tg, V, scale);
-        }
-        part[t] = acc;
-        if (t == 0) nt_used = nt;
+    /* Per-row losses summed in row order: the result does not depend on the
+     * thread count. */
+    double *rl = ds4_malloc((size_t)n * sizeof(double));
+    if (!rl) return NAN;
+    #pragma omp parallel for schedule(static) if ((size_t)n * V >= OPS_PAR_MIN)
+    for (int r = 0; r < n; r++) {
+        int tg = targets[r];
+        if (tg >= V) tg = -1;   /* out-of-range target: treated as ignored */
+        rl[r] = xent_row(dlogits ? dlogits + (size_t)r * V : NULL, logits + (size_t)r * V, tg, V, scale);
     }
     double loss = 0.0;
-    for (int t = 0; t < nt_used; t++) loss += part[t];
+    for (int r = 0; r < n; r++) loss += rl[r];
+    free(rl);
     return loss;
 }
