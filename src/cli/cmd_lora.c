@@ -43,9 +43,9 @@ static int lora_merge(int argc, char **argv) {
     int rc = 1;
     if (ds4_open_model_dir(model_dir, &m, &tok)) { cli_fail(cmd); goto done; }
     if (!(l = ds4_lora_load(m, lora_dir))) { cli_fail(cmd); goto done; }
-    if (m->quant) {
-        fprintf(stderr, "ds4 %s: the base is quantized (%s): dequantizing to fp32; the merged model is fp32\n",
-                cmd, ds4_quant_type_name(m->quant->requested));
+    if (m->quant) {              /* quantized (or a GGUF file): merge into an fp32 copy */
+        const char *qt = ds4_model_qtype_name(m);
+        if (qt) fprintf(stderr, "ds4 %s: the base is quantized (%s): dequantizing to fp32; the merged model is fp32\n", cmd, qt);
         if (!(f32 = ds4_model_fp32_copy(m))) { cli_fail(cmd); goto done; }
     }
     ds4_model *target = f32 ? f32 : m;

@@ -509,6 +509,14 @@ void ds4_lora_grad(const ds4_lora *l, const ds4_model *m, const float *dW, float
 
 /* ---- models ------------------------------------------------------------------ */
 
+const char *ds4_model_qtype_name(const ds4_model *m) {
+    if (!m->quant) return NULL;
+    if (m->quant->requested != DS4_Q_F32) return ds4_quant_type_name(m->quant->requested);
+    for (int i = 0; i < m->layout.n_tensors; i++)         /* GGUF: the first quantized tensor */
+        if (m->quant->t[i].type != DS4_Q_F32) return ds4_quant_type_name(m->quant->t[i].type);
+    return NULL;
+}
+
 ds4_model *ds4_model_fp32_copy(const ds4_model *m) {
     ds4_model *c = ds4_model_alloc_lazy(&m->cfg);
     if (!c) return NULL;

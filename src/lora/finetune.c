@@ -205,7 +205,7 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
 
     char tg[128];
     ds4_lora_targets_str(l->targets, tg, sizeof tg);
-    const char *qname = m->quant ? ds4_quant_type_name(m->quant->requested) : NULL;
+    const char *qname = ds4_model_qtype_name(m);
     fprintf(stderr, "ds4 finetune: %s%s%s, %zu adapter params on %d tensors (%.2f%% of %zu), r %d, alpha %g (scale %g), %s\n",
             o.model_dir, qname ? " (quantized " : "", qname ? qname : "", ds4_lora_n_params(l), l->n,
             100.0 * (double)ds4_lora_n_params(l) / (double)ds4_model_n_params(m), ds4_model_n_params(m),

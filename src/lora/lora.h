@@ -69,6 +69,9 @@ void ds4_lora_grad(const ds4_lora *l, const ds4_model *m, const float *dW, float
 /* Attach l to m for inference; m owns l afterwards (freed with m). m may be
  * quantized: the base stays quantized, the adapters run in fp32. */
 int ds4_lora_attach(ds4_model *m, ds4_lora *l);
+/* The quantized type of m's weight matrices ("q8_0", ...), or NULL when every
+ * tensor is fp32 (also for an fp32 GGUF file). */
+const char *ds4_model_qtype_name(const ds4_model *m);
 /* An fp32 copy of m (quantized tensors dequantized; adapters not copied). */
 ds4_model *ds4_model_fp32_copy(const ds4_model *m);
 /* W += scale * B A in m's fp32 params; m must not be quantized. */
