@@ -54,6 +54,30 @@ echo "test_lora_cli.sh: val loss on the new text $v0 -> $v1" >&2
 grep -q "r 4, alpha 8" "$W/info" || fail "lora info: $(cat "$W/info")"
 "$DS4" lora merge --model "$W/m" --lora "$W/ad" --out "$W/merged" >"$W/log" 2>&1 || fail "merge: $(cat "$W/log")"
 
+# PEFT's convention, checked by an independent reader (Python stdlib): merged W = W + alpha/r * B @ A
+if command -v python3 >/dev/null; then
+    python3 - "$W/m/model.safetensors" "$W/ad" "$W/merged/model.safetensors" <<'PY' || fail "merged weights are not W + alpha/r * B A"
+import json, struct, sys
+def st(path):
+    b = open(path, 'rb').read(); n = struct.unpack('<Q', b[:8])[0]; h = json.loads(b[8:8 + n])
+    def get(name):
+        t = h[name]; assert t['dtype'] == 'F32', t['dtype']; s, e = t['data_offsets']
+        v = struct.unpack('<%df' % ((e - s) // 4), b[8 + n + s:8 + n + e]); r, c = t['shape']
+        return [v[i * c:(i + 1) * c] for i in range(r)]
+    return get
+base, ad, mg = st(sys.argv[1]), st(sys.argv[2] + '/adapter_model.safetensors'), st(sys.argv[3])
+cfg = json.load(open(sys.argv[2] + '/adapter_config.json'))
+s = cfg['lora_alpha'] / cfg['r']
+for mod in ['model.layers.0.self_attn.q_proj', 'model.layers.1.mlp.experts.2.down_proj']:
+    W, M = base(mod + '.weight'), mg(mod + '.weight')
+    A, B = ad('base_model.model.' + mod + '.lora_A.weight'), ad('base_model.model.' + mod + '.lora_B.weight')
+    worst = max(abs(W[o][i] + s * sum(B[o][k] * A[k][i] for k in range(len(A))) - M[o][i])
+                for o in range(len(W)) for i in range(len(W[0])))
+    delta = max(abs(M[o][i] - W[o][i]) for o in range(len(W)) for i in range(len(W[0])))
+    assert worst < 1e-6 and delta > 1e-4, (mod, worst, delta)
+PY
+fi
+
 gen() { "$DS4" generate --model "$1" "${@:2}" --prompt "seven green" -n 16 --temp 0 2>"$W/err"; }
 base=$(gen "$W/m") || fail "generate base: $(cat "$W/err")"
 ad=$(gen "$W/m" --lora "$W/ad") || fail "generate --lora: $(cat "$W/err")"
