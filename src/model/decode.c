@@ -11,6 +11,7 @@
 #include "model/decode.h"
 #include "model/linear.h"
 #include "model/prune.h"
+#include "model/quantized.h"
 #include "quant/quant.h"
 #include "util/util.h"
 
@@ -360,6 +361,13 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     memset(&lm, 0, sizeof lm);
     if (logits) {
         seg_init(&lm.s[0], m, m->w.lm_head, D, V, logits, 0, 0);
+        if (m->quant && m->quant->lm_head_q8) {     /* tied: the table's Q8_0 copy */
+            lm.s[0].type = DS4_Q_Q8_0;
+            lm.s[0].w = m->quant->lm_head_q8;
+            lm.s[0].rb = m->quant->lm_head_rb;
+            lm.s[0].cr = DS4_MIN(CHUNK_MAX_ROWS, (int)DS4_MAX(4, CHUNK_BYTES / lm.s[0].rb) & ~3);
+            lm.s[0].nch = (V + lm.s[0].cr - 1) / lm.s[0].cr;
+        }
         lm.n = 1;
         job_done(&lm);
     }

@@ -13,6 +13,7 @@
 #include "model/indexer.h"
 #include "model/moe.h"
 #include "model/prune.h"
+#include "model/quantized.h"
 #include "util/util.h"
 
 /* ---- KV cache ----------------------------------------------------------- */
@@ -158,6 +159,16 @@ void ds4_swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, 
 
 /* ---- the forward pass --------------------------------------------------- */
 
+/* logits [n, V] = x [n, D] @ lm_head^T; a quantized tied model reads the
+ * Q8_0 copy of the table (model/quantized.h) */
+static void lm_head(const ds4_model *m, float *logits, const float *x, int n) {
+    const ds4_config *c = &m->cfg;
+    if (m->quant && m->quant->lm_head_q8)
+        ds4_q_matmul(DS4_Q_Q8_0, logits, x, m->quant->lm_head_q8, n, c->hidden_size, c->vocab_size);
+    else
+        ds4_linear(m, logits, x, m->w.lm_head, n, c->hidden_size, c->vocab_size, 0);
+}
+
 static int check_batch(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv) {
     const ds4_config *c = &m->cfg;
     if (b->n <= 0) { ds4_set_error("forward: empty batch"); return -1; }
@@ -227,7 +238,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
     if (ds4_decode_supported(m, b, acts))     /* batch-1 decode: model/decode.c */
         return ds4_decode_step(m, b->tokens[0], b->seq[0], kv, out_rows && n_out <= 0 ? NULL : logits);
     const int n = b->n, D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads;
-    const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh, V = c->vocab_size;
+    const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh;
     const int Hi = c->index_n_heads, Di = c->index_head_dim, sk = ds4_indexer_sel_k(c);
     const int topk_rule = acts && !acts->prune_causal;     /* training keeps the top-k */
     const int warmup = acts && acts->indexer_warmup;       /* indexer layers attend densely */
@@ -356,7 +367,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
 
     if (rc == 0 && acts) {
         ds4_rmsnorm(acts->xnf, acts->rstdf, acts->x_out, m->w.norm, n, D, c->rms_norm_eps);
-        if (acts->logits) ds4_linear(m, acts->logits, acts->xnf, m->w.lm_head, n, D, V, 0);
+        if (acts->logits) lm_head(m, acts->logits, acts->xnf, n);
     } else if (rc == 0) {
         if (!out_rows) n_out = n;
         float *xs = scratch->l[0].xn1;       /* reuse: [n_out, D] selected rows, normed */
@@ -364,7 +375,7 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
             const int r = out_rows ? out_rows[j] : j;
             ds4_rmsnorm(xs + (size_t)j * D, NULL, x + (size_t)r * D, m->w.norm, 1, D, c->rms_norm_eps);
         }
-        ds4_linear(m, logits, xs, m->w.lm_head, n_out, D, V, 0);
+        lm_head(m, logits, xs, n_out);
     }
     free(pos);
     free(mark);

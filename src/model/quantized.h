@@ -37,6 +37,11 @@ struct ds4_qweights {
     void **keep;             /* [n_keep] other malloc'd blocks (permuted GGUF rows) */
     int n_keep;
     const ds4_model *owner;  /* set by ds4_quant_register */
+    /* tied embeddings: a Q8_0 copy of the table [V, row bytes] for the output
+     * projection only (the embedding lookup stays fp32). Made at registration,
+     * never saved; NULL when the table cannot be quantized. */
+    const void *lm_head_q8;
+    size_t lm_head_rb;
 };
 typedef struct ds4_qweights ds4_qweights;
 

@@ -32,8 +32,28 @@ static int qtype_from_name(const char *s) {
 static _Atomic(const ds4_model *) g_reg[N_REG];
 static _Atomic int g_n_reg;
 
+/* A tied model's output projection reads the embedding table in full every
+ * token (fp32: most of a small model's bytes); quantized models read a Q8_0
+ * copy of it instead. Best effort: a table Q8_0 cannot hold stays fp32. */
+static void tied_lm_head_q8(ds4_model *m) {
+    const ds4_config *c = &m->cfg;
+    ds4_qweights *q = m->quant;
+    if (!c->tie_word_embeddings || q->lm_head_q8 || c->hidden_size % DS4_QK8_0 || !m->w.embed) return;
+    size_t rb = ds4_q_row_bytes(DS4_Q_Q8_0, c->hidden_size);
+    void *blk = ds4_alloc_aligned((size_t)c->vocab_size * rb);
+    if (!blk) return;
+    if (ds4_q_quantize(DS4_Q_Q8_0, m->w.embed, blk, c->vocab_size, c->hidden_size) != 0 ||
+        ds4_qweights_keep(q, blk) != 0) {
+        free(blk);
+        return;
+    }
+    q->lm_head_q8 = blk;
+    q->lm_head_rb = rb;
+}
+
 int ds4_quant_register(ds4_model *m) {
     m->quant->owner = m;
+    tied_lm_head_q8(m);
     for (int i = 0; i < N_REG; i++) {
         const ds4_model *expect = NULL;
         if (atomic_compare_exchange_strong(&g_reg[i], &expect, m)) {
@@ -104,6 +124,7 @@ size_t ds4_model_weight_bytes(const ds4_model *m) {
         const ds4_qtensor *q = m->quant ? &m->quant->t[i] : NULL;
         b += q && q->type != DS4_Q_F32 ? (size_t)t->shape[0] * q->row_bytes : t->numel * sizeof(float);
     }
+    if (m->quant && m->quant->lm_head_q8) b += (size_t)m->cfg.vocab_size * m->quant->lm_head_rb;
     return b;
 }
 
@@ -117,8 +138,11 @@ size_t ds4_model_weight_bytes_per_token(const ds4_model *m) {
         double tb = q && q->type != DS4_Q_F32 ? (double)t->shape[0] * (double)q->row_bytes
                                               : (double)t->numel * sizeof(float);
         if (!strcmp(t->name, "model.embed_tokens.weight")) {
-            /* one row looked up; the whole table again as the tied lm_head */
-            tb = c->tie_word_embeddings ? tb : tb / (double)t->shape[0];
+            /* one row looked up; the whole table again as the tied lm_head
+             * (or its Q8_0 copy) */
+            const double row = tb / (double)t->shape[0];
+            tb = !c->tie_word_embeddings ? row
+               : m->quant && m->quant->lm_head_q8 ? row + (double)t->shape[0] * (double)m->quant->lm_head_rb : tb;
         } else if (strstr(t->name, "mlp.experts.")) {
             tb *= (double)k / (double)c->n_routed_experts;
         }

@@ -1,0 +1,125 @@
+/* test_model_decode.c — the batch-1 decode step (model/decode.c) against the
+ * batched forward in fp32, Q8_0, Q4_0 and Q4_K, tied and untied, on 1 and 2
+ * threads (bit-identical: a chunk's result does not depend on its thread). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "model/forward.h"
+#include "model/quantized.h"
+#include "util/util.h"
+
+/* D 256 so that Q4_K (256-weight super-blocks) applies to every matrix */
+static ds4_model *model(int tied, int window, int qt) {
+    ds4_config c;
+    ds4_config_defaults(&c);
+    c.vocab_size = 101;
+    c.hidden_size = 256;
+    c.intermediate_size = 256;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 32;
+    c.max_position_embeddings = 64;
+    c.first_k_dense_replace = 2;
+    c.tie_word_embeddings = tied;
+    c.sliding_window = window;
+    c.attention_sinks = window > 0;
+    if (ds4_config_validate(&c)) fail_msg("config: %s", ds4_error());
+    ds4_model *m = ds4_model_create(&c, 11);
+    if (!m) fail_msg("model: %s", ds4_error());
+    ds4_rng r;
+    ds4_rng_seed(&r, 5);
+    for (int t = 0; t < m->layout.n_tensors; t++) {     /* logits of order 1 */
+        const ds4_tensor_info *ti = &m->layout.tensors[t];
+        float *p = m->params + ti->offset;
+        const int norm = strstr(ti->name, "norm") != NULL;
+        for (size_t i = 0; i < ti->numel; i++)
+            p[i] = norm ? 1.0f + 0.1f * ds4_rng_normal(&r) : 0.12f * ds4_rng_normal(&r);
+    }
+    if (qt != DS4_Q_F32 && ds4_model_quantize(m, (ds4_qtype)qt)) fail_msg("quantize: %s", ds4_error());
+    return m;
+}
+
+/* logits [T, V] of ids decoded one token at a time from position 0 */
+static void decode_all(const ds4_model *m, const int *ids, int T, float *out) {
+    ds4_kv_cache *kv = ds4_kv_cache_create(&m->cfg, 2, T);
+    assert_non_null(kv);
+    int seq = 1;                       /* slot 1: the cache rows are not at offset 0 */
+    for (int t = 0; t < T; t++) {
+        ds4_batch b = {.n = 1, .tokens = ids + t, .seq = &seq};
+        assert_int_equal(ds4_forward(m, &b, kv, NULL, 1, out + (size_t)t * m->cfg.vocab_size), 0);
+    }
+    assert_int_equal(kv->next_pos[1], T);
+    ds4_kv_cache_free(kv);
+}
+
+static void test_decode_matches_batched(void **st) {
+    (void)st;
+    enum { T = 20 };
+    const int saved = omp_get_max_threads();
+    for (int qt = DS4_Q_F32; qt < DS4_Q_COUNT; qt++)
+        for (int variant = 0; variant < 3; variant++) {
+            const int tied = variant == 1, window = variant == 2 ? 6 : 0;
+            ds4_model *m = model(tied, window, qt);
+            const int V = m->cfg.vocab_size;
+            if (qt != DS4_Q_F32 && tied) assert_non_null(m->quant->lm_head_q8);
+            int ids[T];
+            for (int i = 0; i < T; i++) ids[i] = (i * 37 + 5) % V;
+            float *full = malloc(sizeof(float) * T * V), *d1 = malloc(sizeof(float) * T * V),
+                  *d2 = malloc(sizeof(float) * T * V);
+            assert_int_equal(ds4_forward_logits(m, ids, T, full), 0);
+            omp_set_num_threads(1);
+            decode_all(m, ids, T, d1);
+            omp_set_num_threads(2);
+            decode_all(m, ids, T, d2);
+            omp_set_num_threads(saved);
+            float diff = 0, mx = 0;
+            for (int i = 0; i < T * V; i++) {
+                diff = fmaxf(diff, fabsf(d1[i] - full[i]));
+                mx = fmaxf(mx, fabsf(full[i]));
+            }
+            print_message("  %-5s %-12s decode vs batched max |diff| %.2e (|logit| max %.2f)\n",
+                          ds4_q_type_name((ds4_qtype)qt), variant == 0 ? "untied" : variant == 1 ? "tied" : "window+sinks",
+                          diff, mx);
+            assert_true(mx > 0.3f);
+            assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
+            assert_memory_equal(d1, d2, sizeof(float) * T * V);
+            free(full); free(d1); free(d2);
+            ds4_model_free(m);
+        }
+}
+
+/* The tied Q8_0 output projection reads fewer bytes than the fp32 table, and
+ * its logits stay close to the fp32 model's. */
+static void test_tied_lm_head_q8(void **st) {
+    (void)st;
+    ds4_model *f = model(1, 0, DS4_Q_F32), *q = model(1, 0, DS4_Q_Q8_0);
+    const int V = f->cfg.vocab_size, D = f->cfg.hidden_size;
+    assert_true(ds4_model_weight_bytes_per_token(q) < ds4_model_weight_bytes_per_token(f) / 3);
+    size_t rb = ds4_q_row_bytes(DS4_Q_Q8_0, D);
+    assert_int_equal(q->quant->lm_head_rb, rb);
+    int ids[4] = {3, 1, 4, 1};
+    float *a = malloc(sizeof(float) * 4 * V), *b = malloc(sizeof(float) * 4 * V);
+    assert_int_equal(ds4_forward_logits(f, ids, 4, a), 0);
+    assert_int_equal(ds4_forward_logits(q, ids, 4, b), 0);
+    float diff = 0, mx = 0;
+    for (int i = 0; i < 4 * V; i++) { diff = fmaxf(diff, fabsf(a[i] - b[i])); mx = fmaxf(mx, fabsf(a[i])); }
+    print_message("  tied q8_0 vs fp32 logits max |diff| %.3f of |logit| max %.2f\n", diff, mx);
+    assert_true(diff < 0.05f * mx);
+    free(a); free(b);
+    ds4_model_free(f);
+    ds4_model_free(q);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_matches_batched),
+        cmocka_unit_test(test_tied_lm_head_q8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
