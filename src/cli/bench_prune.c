@@ -119,9 +119,9 @@ static void help(void) {
            "  --index-topk 64 --index-heads 2 --index-dim 16 --window 0 --indexer-warmup [steps/20]\n"
            "  --eval-tokens N           held-out tokens for validation and agreement [0: all of --val]\n"
            "  --seeds 3                 train dense and the 30%% run with N seeds each (seed, seed+1, ...;\n"
-           "                            same init seed and batches across runs, so ratios are paired); val\n"
-           "                            loss mean +- std per run, relative difference of the means with its\n"
-           "                            standard error; the first seed's models are timed\n"
+           "                            the same batches and init seed in every run): val loss mean +- std,\n"
+           "                            relative difference of the means with its standard error, and\n"
+           "                            the per-seed (paired) ratios; the first seed's models are timed\n"
            "  --ramp-seeds 1            seeds for the 10%%, 20%% and 30%% + indexer runs (at most --seeds)\n"
            "  --runs 0,1,2,3,4          which of the five runs to train (0 dense ... 4 30%% + indexer)\n"
            "  --ctx 512,1024,2048,4096,8192 --decode 32\n"
@@ -625,7 +625,8 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
            "  ev: held-out); kept: mean over all layers of the tokens the causal rule keeps (held-out).\n",
            o->loss_weight, cf->index_topk, cf->index_n_heads, cf->index_head_dim, cf->sliding_window,
            o->indexer_warmup < 0 ? o->steps / 20 : o->indexer_warmup);
-    printf("  seeds %ld.. (init and batches shared across runs: paired); other columns are means over seeds.\n"
+    printf("  seeds %ld..: the same batches and init seed in every run (the init of the tensors after a\n"
+           "  router or indexer differs: one random stream); other columns are means over seeds.\n"
            "  reference: unigram cross-entropy of the held-out tokens (training frequencies) %.4f\n\n", o->seed, unigram);
     printf("  %-20s %5s %17s %9s %10s %9s %9s %7s %7s %6s\n", "run", "seeds", "val loss (+-sd)", "(top-k)",
            "train loss", "agree(tr)", "agree(ev)", "kept", "tok/s", "time");
@@ -664,7 +665,8 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
             printf("\n");
         }
         printf("  (diff of means: mean(run) / mean(dense, same seeds) - 1, se by the delta method treating the runs as\n"
-               "  independent; paired: mean over seeds of val(run, seed) / val(dense, seed) - 1, se = sd / sqrt(n))\n");
+               "  independent; paired: mean over seeds of val(run, seed) / val(dense, seed) - 1, se = sd / sqrt(n);\n"
+               "  a run and dense with the same seed share the batches and part of the init)\n");
     }
     printf("\n  per pruned layer on held-out windows (ratio: kept by the causal rule, agreement with top-k):\n");
     for (int r = 1; r < N_RUNS; r++) {
