@@ -222,13 +222,16 @@ INLINE void dot_q4_K_row(int n, const char *w, const char *x, size_t xs, float *
         /* m_j twice each as int16, against the 16 bsums */
         __m128i m8 = _mm_loadl_epi64((const __m128i *)m);
         __m256i mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+        /* the 8 scales as int16 in both lanes; sub-block j's is broadcast by a byte shuffle */
+        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)sc)));
         __m256i isum[4];
         for (int r = 0; r < NX; r++) isum[r] = _mm256_setzero_si256();
         for (int k = 0; k < 4; k++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(wb[b].qs + 32 * k));
             __m256i lo = _mm256_and_si256(q, m4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            __m256i s0 = _mm256_set1_epi16(sc[2 * k]), s1 = _mm256_set1_epi16(sc[2 * k + 1]);
+            __m256i s0 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * k))));
+            __m256i s1 = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * k + 1))));
             for (int r = 0; r < NX; r++) {
                 const ds4_block_q8_K *xb = (const ds4_block_q8_K *)(x + r * xs) + b;
                 __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * k));
