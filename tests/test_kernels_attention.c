@@ -365,6 +365,27 @@ static void check_backward(const spec *sp, uint64_t seed) {
             assert_memory_equal(fq, eq, nq * sizeof(float));
             assert_memory_equal(fk, ek, nk * sizeof(float));
             assert_memory_equal(fv, ev, nk * sizeof(float));
+            /* strided outputs (views into one [n, Q + 2 KD] buffer): same values, gaps untouched */
+            size_t Q = (size_t)H * Dh, KD = (size_t)K * Dh, ld = Q + 2 * KD + 3;
+            size_t nr = (size_t)DS4_MAX(sp->n_q, sp->n_kv);
+            float *wb = malloc(nr * ld * sizeof(float));
+            for (size_t i = 0; i < nr * ld; i++) wb[i] = 7.0f;
+            for (size_t i = 0; i < nr; i++) {
+                for (size_t e = 0; e < Q; e++) wb[i * ld + e] = 0.0f;
+                for (size_t e = Q; e < Q + 2 * KD; e++) wb[i * ld + e] = 0.0f;
+            }
+            for (size_t i = (size_t)sp->n_q; i < nr; i++) for (size_t e = 0; e < Q; e++) wb[i * ld + e] = 7.0f;
+            for (size_t i = (size_t)sp->n_kv; i < nr; i++) for (size_t e = Q; e < Q + 2 * KD; e++) wb[i * ld + e] = 7.0f;
+            ds4_attention_backward_ld(&t.a, out, lse, R, wb, ld, wb + Q, wb + Q + KD, ld, NULL);
+            for (size_t i = 0; i < nr; i++)
+                for (size_t e = 0; e < ld; e++) {
+                    float want = 7.0f;
+                    if (e < Q && i < (size_t)sp->n_q) want = eq[i * Q + e];
+                    else if (e >= Q && e < Q + KD && i < (size_t)sp->n_kv) want = ek[i * KD + e - Q];
+                    else if (e >= Q + KD && e < Q + 2 * KD && i < (size_t)sp->n_kv) want = ev[i * KD + e - Q - KD];
+                    assert_memory_equal(&wb[i * ld + e], &want, sizeof(float));
+                }
+            free(wb);
             free(fq); free(fk); free(fv);
         }
         free(eq); free(ek); free(ev);

@@ -94,6 +94,33 @@ static void test_matmul_backward(void **state) {
     free(x); free(w); free(dy); free(dx); free(dw); free(dx0); free(dw0);
 }
 
+/* The strided/written variant: dy as a column block of a wider matrix, dx
+ * overwritten (beta 0) or accumulated, against ds4_matmul_backward. */
+static void test_matmul_backward_ex(void **state) {
+    (void)state;
+    ds4_rng r;
+    ds4_rng_seed(&r, 12);
+    int n = 9, in = 13, out = 7, ld = 20, off = 5;
+    float *x = randv(&r, (size_t)n * in, 1), *w = randv(&r, (size_t)out * in, 1);
+    float *wide = randv(&r, (size_t)n * ld, 1), *dy = malloc((size_t)n * out * sizeof(float));
+    for (int i = 0; i < n; i++) memcpy(dy + (size_t)i * out, wide + (size_t)i * ld + off, out * sizeof(float));
+    float *dx = randv(&r, (size_t)n * in, 1), *dw = randv(&r, (size_t)out * in, 1);
+    float *ex = malloc((size_t)n * in * sizeof(float)), *ew = malloc((size_t)out * in * sizeof(float));
+    memcpy(ew, dw, (size_t)out * in * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * in; i++) ex[i] = NAN;     /* written: old contents ignored */
+    ds4_matmul_backward_ex(ex, ew, wide + off, (size_t)ld, x, w, n, in, out, 0);
+    float *zx = calloc((size_t)n * in, sizeof(float));
+    ds4_matmul_backward(zx, dw, dy, x, w, n, in, out);
+    for (size_t i = 0; i < (size_t)n * in; i++) check_close("ex dx", i, ex[i], zx[i], 1e-6, 1e-6);
+    for (size_t i = 0; i < (size_t)out * in; i++) check_close("ex dw", i, ew[i], dw[i], 1e-6, 1e-6);
+    /* accumulated */
+    memcpy(ex, dx, (size_t)n * in * sizeof(float));
+    ds4_matmul_backward_ex(ex, NULL, wide + off, (size_t)ld, x, w, n, in, out, 1);
+    ds4_matmul_backward(dx, NULL, dy, x, w, n, in, out);
+    for (size_t i = 0; i < (size_t)n * in; i++) check_close("ex dx acc", i, ex[i], dx[i], 1e-6, 1e-6);
+    free(x); free(w); free(wide); free(dy); free(dx); free(dw); free(ex); free(ew); free(zx);
+}
+
 /* ---- RMSNorm -------------------------------------------------------------- */
 
 static double rms_loss(const float *x, const float *w, const float *R, int n, int d) {
@@ -300,6 +327,39 @@ static void test_swiglu(void **state) {
     free(g); free(u); free(dh); free(h); free(dg); free(du);
 }
 
+/* Strided RoPE backward and the row-wise SwiGLU backward equal their flat forms. */
+static void test_strided_variants(void **state) {
+    (void)state;
+    ds4_rng r;
+    ds4_rng_seed(&r, 13);
+    int n = 40, nh = 3, hd = 16, ld = 70, F = 21;
+    int *pos = malloc(n * sizeof(int));
+    for (int i = 0; i < n; i++) pos[i] = i % 25;
+    float *wide = randv(&r, (size_t)n * ld, 1), *flat = malloc((size_t)n * nh * hd * sizeof(float));
+    float *keep = malloc((size_t)n * ld * sizeof(float));
+    memcpy(keep, wide, (size_t)n * ld * sizeof(float));
+    for (int i = 0; i < n; i++) memcpy(flat + (size_t)i * nh * hd, wide + (size_t)i * ld + 3, nh * hd * sizeof(float));
+    ds4_rope_backward_ld(wide + 3, (size_t)ld, pos, n, nh, hd, 10000.0f);
+    ds4_rope_backward(flat, pos, n, nh, hd, 10000.0f);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ld; j++) {
+            size_t o = (size_t)i * ld + j;
+            float want = (j >= 3 && j < 3 + nh * hd) ? flat[(size_t)i * nh * hd + j - 3] : keep[o];
+            assert_memory_equal(&wide[o], &want, sizeof(float));   /* padding untouched */
+        }
+    float *g = randv(&r, (size_t)n * F, 3), *u = randv(&r, (size_t)n * F, 1), *dh = randv(&r, (size_t)n * F, 1);
+    float *dg = malloc((size_t)n * F * sizeof(float)), *du = malloc((size_t)n * F * sizeof(float));
+    float *dgu = malloc((size_t)n * 2 * F * sizeof(float));
+    ds4_swiglu_backward(dg, du, dh, g, u, (size_t)n * F);
+    ds4_swiglu_backward_rows(dgu, dh, g, u, n, F);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < F; j++) {
+            check_close("rows dg", (size_t)i * F + j, dgu[(size_t)i * 2 * F + j], dg[(size_t)i * F + j], 1e-7, 1e-6);
+            check_close("rows du", (size_t)i * F + j, dgu[(size_t)i * 2 * F + F + j], du[(size_t)i * F + j], 1e-7, 1e-6);
+        }
+    free(pos); free(wide); free(flat); free(keep); free(g); free(u); free(dh); free(dg); free(du); free(dgu);
+}
+
 /* ---- softmax cross-entropy ------------------------------------------------ */
 
 static void test_softmax_xent(void **state) {
@@ -381,12 +441,14 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_naive),
         cmocka_unit_test(test_matmul_backward),
+        cmocka_unit_test(test_matmul_backward_ex),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rmsnorm_backward_large),
         cmocka_unit_test(test_rope_known_value),
         cmocka_unit_test(test_rope_inverse_and_adjoint),
         cmocka_unit_test(test_rope_consecutive_positions),
         cmocka_unit_test(test_swiglu_range),
+        cmocka_unit_test(test_strided_variants),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_softmax_xent_large),

@@ -40,6 +40,7 @@ typedef struct geom {
     const ds4_attn *a;
     int H, K, G, Dh;
     size_t qs, ks;        /* row strides of q/out and k/v: H*Dh, K*Dh */
+    size_t dqs, dks;      /* backward: row strides of dq and of dk/dv (qs, ks by default) */
     float c;              /* log2(e) / sqrt(Dh) */
     int bq, nqt;          /* queries per row tile, number of row tiles */
     int hj;               /* kv heads per forward job: K for few-row tiles (decode) so
@@ -105,6 +106,8 @@ static int geom_init(geom *g, const ds4_attn *a) {
     g->G = g->H / g->K;
     g->qs = (size_t)g->H * g->Dh;
     g->ks = (size_t)g->K * g->Dh;
+    g->dqs = g->qs;
+    g->dks = g->ks;
     g->c = LOG2E / sqrtf((float)g->Dh);
     g->bq = a->sel ? 1 : DS4_MAX(1, RMAX / g->G);
     g->nqt = (a->n_q + g->bq - 1) / g->bq;
@@ -514,8 +517,8 @@ static void load_kv_tile(const geom *g, scratch *s, int kvh, int j0, int nk) {
 static void store_dkv(const geom *g, const scratch *s, int kvh, int j0, int nk, float *dk, float *dv) {
     int Dh = g->Dh;
     for (int jj = 0; jj < nk; jj++) {
-        float *dkr = dk + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
-        float *dvr = dv + (size_t)(j0 + jj) * g->ks + (size_t)kvh * Dh;
+        float *dkr = dk + (size_t)(j0 + jj) * g->dks + (size_t)kvh * Dh;
+        float *dvr = dv + (size_t)(j0 + jj) * g->dks + (size_t)kvh * Dh;
         const float *x = s->X + (size_t)jj * Dh, *y = s->Y + (size_t)jj * Dh;
         for (int e = 0; e < Dh; e++) { dkr[e] += LN2 * x[e]; dvr[e] += y[e]; }
     }
@@ -527,7 +530,7 @@ static void store_dq(const geom *g, int t, int kvh, int R, const float *dQ, floa
     float sc = 1.0f / sqrtf((float)Dh);
     for (int r = 0; r < R; r++) {
         int i = row_query(g, t, r), h = row_head(g, kvh, r);
-        float *d = dq + (size_t)i * g->qs + (size_t)h * Dh;
+        float *d = dq + (size_t)i * g->dqs + (size_t)h * Dh;
         const float *o = dQ + (size_t)r * Dh;
         for (int e = 0; e < Dh; e++) d[e] += sc * o[e];
     }
@@ -650,7 +653,7 @@ static void bwd_sparse_q(const geom *g, scratch *s, int i, const float *lse, con
             float p, ds = pair_ds(q, a->k + off, a->v + off, dO, g->c, lse[row] * LOG2E, D[row], Dh, &p);
             for (int d = 0; d < Dh; d++) acc[d] += ds * a->k[off + d];
         }
-        float *dqr = dq + (size_t)i * g->qs + (size_t)h * Dh;
+        float *dqr = dq + (size_t)i * g->dqs + (size_t)h * Dh;
         for (int d = 0; d < Dh; d++) dqr[d] += sc * acc[d];
     }
 }
@@ -678,15 +681,31 @@ static void bwd_sparse_kv(const geom *g, scratch *s, int j, int kvh, const int *
         }
     }
     float sc = 1.0f / sqrtf((float)Dh);
-    for (int d = 0; d < Dh; d++) { dk[off + d] += sc * xk[d]; dv[off + d] += xv[d]; }
+    size_t doff = (size_t)j * g->dks + (size_t)kvh * Dh;
+    for (int d = 0; d < Dh; d++) { dk[doff + d] += sc * xk[d]; dv[doff + d] += xv[d]; }
 }
 
 void ds4_attention_backward(const ds4_attn *a, const float *out, const float *lse,
                             const float *dout, float *dq, float *dk, float *dv,
                             float *dsinks) {
+    const size_t Q = (size_t)a->n_heads * a->head_dim, KD = (size_t)a->n_kv_heads * a->head_dim;
+    ds4_attention_backward_ld(a, out, lse, dout, dq, Q, dk, dv, KD, dsinks);
+}
+
+void ds4_attention_backward_ld(const ds4_attn *a, const float *out, const float *lse,
+                               const float *dout, float *dq, size_t ldq, float *dk, float *dv,
+                               size_t ldkv, float *dsinks) {
     if (a->n_q <= 0) return;
     geom g;
     if (geom_init(&g, a) != 0) return;
+    if (ldq < g.qs || ldkv < g.ks) {
+        ds4_set_error("attention backward: output row strides %zu, %zu below H*Dh %zu, K*Dh %zu", ldq, ldkv,
+                      g.qs, g.ks);
+        geom_free(&g);
+        return;
+    }
+    g.dqs = ldq;
+    g.dks = ldkv;
     int nth = omp_get_max_threads(), Dh = g.Dh;
     size_t nrow = (size_t)a->n_q * g.H;
     float *tmp = NULL;
@@ -715,7 +734,7 @@ void ds4_attention_backward(const ds4_attn *a, const float *out, const float *ls
 
     /* dk and dv are produced together; a NULL one gets a throwaway buffer. */
     if ((dk == NULL) != (dv == NULL)) {
-        tmp = ds4_calloc(DS4_MAX((size_t)a->n_kv * g.ks, 1), sizeof(float));
+        tmp = ds4_calloc(DS4_MAX((size_t)a->n_kv * g.dks, 1), sizeof(float));
         if (!tmp) goto done;
         if (!dk) dk = tmp; else dv = tmp;
     }

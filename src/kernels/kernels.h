@@ -16,6 +16,10 @@ void ds4_matmul_small(float *y, const float *x, const float *w, int n, int in, i
  * dw[out,in] += dy[n,out]^T @ x[n,in] (skipped if dw == NULL) */
 void ds4_matmul_backward(float *dx, float *dw, const float *dy, const float *x,
                          const float *w, int n, int in, int out);
+/* The same with dy rows ldy >= out floats apart (a column block of a wider
+ * matrix), and dx WRITTEN (dx_acc = 0) or accumulated (dx_acc = 1). */
+void ds4_matmul_backward_ex(float *dx, float *dw, const float *dy, size_t ldy, const float *x,
+                            const float *w, int n, int in, int out, int dx_acc);
 
 /* ---- RMSNorm: y = x / sqrt(mean(x^2) + eps) * w ----------------------------
  * x,y [n,d]; w [d]; rstd [n] saved for backward (may be NULL in inference). */
@@ -28,12 +32,17 @@ void ds4_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
  * x [n, nh*hd] in place; pos [n]. Backward rotates by -angle (in place). */
 void ds4_rope(float *x, const int *pos, int n, int nh, int hd, float theta);
 void ds4_rope_backward(float *dx, const int *pos, int n, int nh, int hd, float theta);
+/* The same on rows ld >= nh*hd floats apart. */
+void ds4_rope_backward_ld(float *dx, size_t ld, const int *pos, int n, int nh, int hd, float theta);
 
 /* ---- SwiGLU: h = silu(g) * u, all [n] (flattened) ------------------------ */
 void ds4_swiglu(float *h, const float *g, const float *u, size_t n);
 /* dg, du are WRITTEN (not accumulated). */
 void ds4_swiglu_backward(float *dg, float *du, const float *dh, const float *g,
                          const float *u, size_t n);
+/* The same on n rows of F, written side by side: dgu [n, 2F] holds
+ * [dg_r | du_r] in row r (dh, g, u [n, F]). */
+void ds4_swiglu_backward_rows(float *dgu, const float *dh, const float *g, const float *u, int n, int F);
 
 /* ---- softmax cross-entropy over rows --------------------------------------
  * logits [n, V], targets [n] (target < 0: ignored). Returns the summed loss
@@ -74,6 +83,11 @@ void ds4_attention_forward(const ds4_attn *a, float *out, float *lse);
 void ds4_attention_backward(const ds4_attn *a, const float *out, const float *lse,
                             const float *dout, float *dq, float *dk, float *dv,
                             float *dsinks);
+/* The same with output row strides: dq rows ldq >= H*Dh floats apart, dk/dv
+ * rows ldkv >= K*Dh apart (e.g. views into one [n, Q + 2 KD] buffer). */
+void ds4_attention_backward_ld(const ds4_attn *a, const float *out, const float *lse,
+                               const float *dout, float *dq, size_t ldq, float *dk, float *dv,
+                               size_t ldkv, float *dsinks);
 /* Naive reference (materialises scores row by row), used by tests only. */
 void ds4_attention_reference(const ds4_attn *a, float *out);
 

@@ -129,13 +129,23 @@ void ds4_matmul(float *y, const float *x, const float *w, int n, int in, int out
 
 void ds4_matmul_backward(float *dx, float *dw, const float *dy, const float *x,
                          const float *w, int n, int in, int out) {
-    if (n <= 0 || in <= 0 || out <= 0) return;
-    if (dx) /* dx[n,in] += dy[n,out] @ w[out,in] */
+    ds4_matmul_backward_ex(dx, dw, dy, (size_t)out, x, w, n, in, out, 1);
+}
+
+void ds4_matmul_backward_ex(float *dx, float *dw, const float *dy, size_t ldy, const float *x,
+                            const float *w, int n, int in, int out, int dx_acc) {
+    if (n <= 0 || in <= 0) return;
+    if (out <= 0) {                     /* empty contraction: dx = 0 (or unchanged) */
+        if (dx && !dx_acc)
+            for (int r = 0; r < n; r++) memset(dx + (size_t)r * in, 0, (size_t)in * sizeof(float));
+        return;
+    }
+    if (dx) /* dx[n,in] (+)= dy[n,out] @ w[out,in] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out,
-                    1.0f, dy, out, w, in, 1.0f, dx, in);
+                    1.0f, dy, (int)ldy, w, in, dx_acc ? 1.0f : 0.0f, dx, in);
     if (dw) /* dw[out,in] += dy[n,out]^T @ x[n,in] */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n,
-                    1.0f, dy, out, x, in, 1.0f, dw, in);
+                    1.0f, dy, (int)ldy, x, in, 1.0f, dw, in);
 }
 
 /* ---- RMSNorm -------------------------------------------------------------- */
@@ -205,7 +215,7 @@ static inline void rope_row(float *x, const float *cs, const float *sn, int nh, 
  * (cos, sin) by one position step in double (error ~1e-15 after a block,
  * far below float rounding). Blocks do not depend on the thread count. */
 #define ROPE_RB 32
-static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float theta, float sign) {
+static void rope_apply(float *x, size_t ld, const int *pos, int n, int nh, int hd, float theta, float sign) {
     int half = hd / 2;
     enum { MAXHALF = 256 };
     if (half > MAXHALF) {     /* beyond head_dim 512: sincos per row, pow on the fly */
@@ -221,7 +231,7 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
                     sn[i] = sign * (float)s;
                 }
                 for (int h = 0; h < nh; h++) {
-                    float *a = x + (size_t)r * nh * hd + (size_t)h * hd + i0, *b = a + half;
+                    float *a = x + (size_t)r * ld + (size_t)h * hd + i0, *b = a + half;
                     for (int i = 0; i < m; i++) {
                         float x1 = a[i], x2 = b[i];
                         a[i] = x1 * cs[i] - x2 * sn[i];
@@ -258,18 +268,22 @@ static void rope_apply(float *x, const int *pos, int n, int nh, int hd, float th
                 cs[i] = (float)c[i];
                 sn[i] = sign * (float)s[i];
             }
-            rope_row(x + (size_t)r * nh * hd, cs, sn, nh, hd);
+            rope_row(x + (size_t)r * ld, cs, sn, nh, hd);
         }
     }
 }
 
 void ds4_rope(float *x, const int *pos, int n, int nh, int hd, float theta) {
-    rope_apply(x, pos, n, nh, hd, theta, 1.0f);
+    rope_apply(x, (size_t)nh * hd, pos, n, nh, hd, theta, 1.0f);
 }
 
 void ds4_rope_backward(float *dx, const int *pos, int n, int nh, int hd, float theta) {
     /* The rotation is orthogonal: its transpose is the rotation by -angle. */
-    rope_apply(dx, pos, n, nh, hd, theta, -1.0f);
+    rope_apply(dx, (size_t)nh * hd, pos, n, nh, hd, theta, -1.0f);
+}
+
+void ds4_rope_backward_ld(float *dx, size_t ld, const int *pos, int n, int nh, int hd, float theta) {
+    rope_apply(dx, ld, pos, n, nh, hd, theta, -1.0f);
 }
 
 /* ---- SwiGLU --------------------------------------------------------------- */
@@ -331,6 +345,16 @@ void ds4_swiglu_backward(float *dg, float *du, const float *dh, const float *g,
     #pragma omp parallel for schedule(static) if (n >= 4 * OPS_PAR_MIN)
     for (size_t c = 0; c < nc; c++)
         swiglu_backward_range(dg, du, dh, g, u, c * SWIGLU_CHUNK, DS4_MIN(n, (c + 1) * SWIGLU_CHUNK));
+}
+
+void ds4_swiglu_backward_rows(float *dgu, const float *dh, const float *g, const float *u, int n, int F) {
+    #pragma omp parallel for schedule(static) if ((size_t)n * F >= 4 * OPS_PAR_MIN)
+    for (int r = 0; r < n; r++) {
+        const size_t o = (size_t)r * F;
+        float *dg = dgu + 2 * o;
+        /* the range kernel indexes its outputs like its inputs: offset them back by o */
+        swiglu_backward_range(dg - o, dg + F - o, dh, g, u, o, o + F);
+    }
 }
 
 /* ---- softmax cross-entropy ------------------------------------------------ */

@@ -90,8 +90,9 @@ void ds4_backward_scratch_free(void *bw);
 
 /* Scratch gradients for one layer (n tokens). */
 typedef struct ds4_bw_scratch {
-    float *dx, *dxn, *dq, *dk, *dv, *datt;   /* [n,D] [n,D] [n,Q] [n,KD] [n,KD] [n,Q] */
-    float *dh, *dg, *du;                     /* [n,F] dense or [n,S] shared */
+    float *dx, *dxn, *datt;                  /* [n,D] [n,D] [n,Q] */
+    float *dq, *dk, *dv;                     /* views of one [n, Q+2KD] buffer owned by dq: rows [dq|dk|dv] */
+    float *dh, *dg, *du;                     /* [n,F] dense or [n,S] shared; dg holds [n,2F] */
     float *dey, *deh, *deg, *deu, *dex;      /* [n*k,D] [n*k,Fm] x3 [n*k,D] */
     float *dweights, *drlogits;              /* [n,k] [n,E] */
     /* pruned layers: compact d(out), gate-scaled dy, full-row d(xn1), dgate, d(router logit) */

@@ -15,8 +15,11 @@
 
 
 
+/* s->dq owns one [n, Q + 2 KD] buffer: rows [dq | dk | dv], dk and dv are
+ * views into it (the q/k/v gradients then meet the adjacent q/k/v weights as
+ * one matrix). s->dg is [n, 2F]: rows [dg | du] for the dense FFN. */
 static void bw_free(ds4_bw_scratch *s) {
-    float *ps[] = {s->dx, s->dxn, s->dq, s->dk, s->dv, s->datt, s->dh, s->dg, s->du, s->dey,
+    float *ps[] = {s->dx, s->dxn, s->dq, s->datt, s->dh, s->dg, s->du, s->dey,
                    s->deh, s->deg, s->deu, s->dex, s->dweights, s->drlogits,
                    s->cdx, s->cdy, s->dxf, s->dgate, s->dr, s->diq, s->diw, s->dik, s->dikraw};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) free(ps[i]);
@@ -31,14 +34,16 @@ static int bw_alloc(ds4_bw_scratch *s, const ds4_config *c, int n) {
     if ((size_t)c->n_shared_experts * Fm > F) F = (size_t)c->n_shared_experts * Fm;
     const size_t P = ds4_prune_any(c) ? (size_t)n : 0, Hi = c->index_n_heads;
     const size_t Di = c->index_topk > 0 ? (size_t)c->index_head_dim : 0;
-    size_t sz[] = {n * D, n * D, n * Q, n * KD, n * KD, n * Q, n * F, n * F, n * F,
+    size_t sz[] = {n * D, n * D, n * (Q + 2 * KD), n * Q, n * F, 2 * n * F, n * F,
                    n * k * D, n * k * Fm, n * k * Fm, n * k * Fm, n * k * D, n * k, n * E,
                    P * D, P * D, P * D, P, P, n * Hi * Di, Di ? n * Hi : 0, n * Di, n * Di};
-    float **ps[] = {&s->dx, &s->dxn, &s->dq, &s->dk, &s->dv, &s->datt, &s->dh, &s->dg, &s->du, &s->dey,
+    float **ps[] = {&s->dx, &s->dxn, &s->dq, &s->datt, &s->dh, &s->dg, &s->du, &s->dey,
                     &s->deh, &s->deg, &s->deu, &s->dex, &s->dweights, &s->drlogits,
                     &s->cdx, &s->cdy, &s->dxf, &s->dgate, &s->dr, &s->diq, &s->diw, &s->dik, &s->dikraw};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++)
         if (!(*ps[i] = ds4_alloc_aligned((sz[i] ? sz[i] : 1) * sizeof(float)))) { bw_free(s); return -1; }
+    s->dk = s->dq + Q;
+    s->dv = s->dq + Q + KD;
     return 0;
 }
 
@@ -47,11 +52,29 @@ void ds4_swiglu_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, cons
                                 const float *x, const float *wg, const float *wu, const float *wd,
                                 const float *g, const float *u, const float *h,
                                 float *dh, float *dg, float *du, int n, int D, int F) {
-    memset(dh, 0, sizeof(float) * (size_t)n * F);
-    ds4_matmul_backward(dh, dwd, dy, h, wd, n, F, D);
+    ds4_matmul_backward_ex(dh, dwd, dy, (size_t)D, h, wd, n, F, D, 0);
     ds4_swiglu_backward(dg, du, dh, g, u, (size_t)n * F);
     ds4_matmul_backward(dx, dwg, dg, x, wg, n, D, F);
     ds4_matmul_backward(dx, dwu, du, x, wu, n, D, F);
+}
+
+/* The dense FFN's backward with gate and up side by side: dgu [n, 2F] holds
+ * [dg | du] per row, so when gate_proj and up_proj (and their gradients) are
+ * adjacent in the parameter buffer, one [2F, D] matrix, dx and their weight
+ * gradients take one GEMM each. dx is WRITTEN; dh [n,F], dgu [n,2F] scratch. */
+static void dense_ffn_backward(float *dx, float *dwg, float *dwu, float *dwd, const float *dy,
+                               const float *x, const float *wg, const float *wu, const float *wd,
+                               const float *g, const float *u, const float *h,
+                               float *dh, float *dgu, int n, int D, int F) {
+    const size_t FD = (size_t)F * D;
+    ds4_matmul_backward_ex(dh, dwd, dy, (size_t)D, h, wd, n, F, D, 0);
+    ds4_swiglu_backward_rows(dgu, dh, g, u, n, F);
+    if (wu == wg + FD && dwg && dwu == dwg + FD) {
+        ds4_matmul_backward_ex(dx, dwg, dgu, 2 * (size_t)F, x, wg, n, D, 2 * F, 0);
+    } else {
+        ds4_matmul_backward_ex(dx, dwg, dgu, 2 * (size_t)F, x, wg, n, D, F, 0);
+        ds4_matmul_backward_ex(dx, dwu, dgu + F, 2 * (size_t)F, x, wu, n, D, F, 1);
+    }
 }
 
 void ds4_backward_scratch_free(void *bw) {
@@ -162,8 +185,7 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
     }
 
     /* lm_head and final norm */
-    memset(s.dxn, 0, sizeof(float) * (size_t)n * D);
-    ds4_matmul_backward(s.dxn, gw.lm_head, dlogits, acts->xnf, m->w.lm_head, n, D, V);
+    ds4_matmul_backward_ex(s.dxn, gw.lm_head, dlogits, (size_t)V, acts->xnf, m->w.lm_head, n, D, V, 0);
     memset(s.dx, 0, sizeof(float) * (size_t)n * D);
     ds4_rmsnorm_backward(s.dx, gw.norm, s.dxn, acts->x_out, m->w.norm, acts->rstdf, n, D);
 
@@ -189,12 +211,12 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
         }
         /* FFN: out = x_mid + g * ffn(norm2(x_mid)) */
         const float *dffn = pruned ? s.cdy : s.dx;
-        memset(s.dxn, 0, sizeof(float) * (size_t)nk * D);
         if (!ds4_layer_is_moe(c, l)) {
-            ds4_swiglu_ffn_backward(s.dxn, G->gate_proj, G->up_proj, G->down_proj, dffn, A->xn2, W->gate_proj,
-                                    W->up_proj, W->down_proj, A->g, A->u, A->h, s.dh, s.dg, s.du, nk, D,
-                                    c->intermediate_size);
+            dense_ffn_backward(s.dxn, G->gate_proj, G->up_proj, G->down_proj, dffn, A->xn2, W->gate_proj,
+                               W->up_proj, W->down_proj, A->g, A->u, A->h, s.dh, s.dg, nk, D,
+                               c->intermediate_size);
         } else {
+            memset(s.dxn, 0, sizeof(float) * (size_t)nk * D);
             ds4_layer_acts Ac = *A;        /* MoE hooks see the compact rows' sequences */
             if (pruned && A->seq) Ac.seq = A->kseq;
             ds4_moe_backward(c, W, G, &Ac, A->xn2, dffn, s.dxn, &s, nk);
@@ -214,11 +236,10 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
             }
             dao = s.cdy;
         }
-        memset(s.datt, 0, sizeof(float) * (size_t)nk * Q);
-        ds4_matmul_backward(s.datt, G->o_proj, dao, A->att, W->o_proj, nk, Q, D);
-        memset(s.dq, 0, sizeof(float) * (size_t)nk * Q);
-        memset(s.dk, 0, sizeof(float) * (size_t)nk * KD);
-        memset(s.dv, 0, sizeof(float) * (size_t)nk * KD);
+        ds4_matmul_backward_ex(s.datt, G->o_proj, dao, (size_t)D, A->att, W->o_proj, nk, Q, D, 0);
+        /* dq, dk, dv side by side: rows of dqkv [nk, Q + 2 KD] */
+        const size_t QKV = (size_t)Q + 2 * (size_t)KD;
+        memset(s.dq, 0, sizeof(float) * (size_t)nk * QKV);
         for (int i0 = 0; i0 < nk;) {
             const int sq = ss[i0];
             int i1 = i0;
@@ -231,18 +252,24 @@ int ds4_backward(const ds4_model *m, const ds4_batch *b, const ds4_kv_cache *kv,
                 .window = indexed ? 0 : c->sliding_window, .sinks = W->sinks, .sel = NULL, .sel_k = 0,
             };
             if (indexed) { a.sel = A->sel + (size_t)i0 * sk; a.sel_k = sk; }
-            ds4_attention_backward(&a, A->att + (size_t)i0 * Q, A->lse + (size_t)i0 * H,
-                                   s.datt + (size_t)i0 * Q, s.dq + (size_t)i0 * Q,
-                                   s.dk + (size_t)i0 * KD, s.dv + (size_t)i0 * KD, G->sinks);
+            ds4_attention_backward_ld(&a, A->att + (size_t)i0 * Q, A->lse + (size_t)i0 * H,
+                                      s.datt + (size_t)i0 * Q, s.dq + (size_t)i0 * QKV, QKV,
+                                      s.dk + (size_t)i0 * QKV, s.dv + (size_t)i0 * QKV, QKV, G->sinks);
             i0 = i1;
         }
-        ds4_rope_backward(s.dq, ps, nk, H, Dh, c->rope_theta);
-        ds4_rope_backward(s.dk, ps, nk, K, Dh, c->rope_theta);
+        /* dq and dk are H + K adjacent heads of each row: one RoPE pass */
+        ds4_rope_backward_ld(s.dq, QKV, ps, nk, H + K, Dh, c->rope_theta);
         const float *xs = pruned ? A->xk : A->xn1;
-        memset(s.dxn, 0, sizeof(float) * (size_t)nk * D);
-        ds4_matmul_backward(s.dxn, G->q_proj, s.dq, xs, W->q_proj, nk, D, Q);
-        ds4_matmul_backward(s.dxn, G->k_proj, s.dk, xs, W->k_proj, nk, D, KD);
-        ds4_matmul_backward(s.dxn, G->v_proj, s.dv, xs, W->v_proj, nk, D, KD);
+        const size_t QD = (size_t)Q * D, KDD = (size_t)KD * D;
+        if (W->k_proj == W->q_proj + QD && W->v_proj == W->k_proj + KDD && G->q_proj &&
+            G->k_proj == G->q_proj + QD && G->v_proj == G->k_proj + KDD) {
+            /* q_proj, k_proj, v_proj adjacent: one [Q + 2 KD, D] matrix */
+            ds4_matmul_backward_ex(s.dxn, G->q_proj, s.dq, QKV, xs, W->q_proj, nk, D, (int)QKV, 0);
+        } else {
+            ds4_matmul_backward_ex(s.dxn, G->q_proj, s.dq, QKV, xs, W->q_proj, nk, D, Q, 0);
+            ds4_matmul_backward_ex(s.dxn, G->k_proj, s.dk, QKV, xs, W->k_proj, nk, D, KD, 1);
+            ds4_matmul_backward_ex(s.dxn, G->v_proj, s.dv, QKV, xs, W->v_proj, nk, D, KD, 1);
+        }
         if (pruned) {
             /* kept rows: residual gradient d x_mid; dropped rows keep d(out) (identity) */
             memset(s.dxf, 0, sizeof(float) * (size_t)n * D);
