@@ -141,7 +141,7 @@ static void test_grad_fd(void **s) {
                 const double an = g[t->offset + idx[q]];
                 const double err = fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-3);
                 if (err > worst) worst = err;
-                if (err > 0.05) fail_msg("%s[%zu]: analytic %.6g, finite difference %.6g", t->name, idx[q], an, fd);
+                if (err > 0.01) fail_msg("%s[%zu]: analytic %.6g, finite difference %.6g", t->name, idx[q], an, fd);
                 checked++;
             }
         }
