@@ -634,8 +634,54 @@ static void test_measure(void **state) {
     ds4_model_free(m);
 }
 
+/* Pooling two measurements over consecutive windows gives the measurement of
+ * the whole stream: same windows (each from position 0), same rank of each
+ * token (64 is a multiple of every R). */
+static void test_report_pool(void **state) {
+    (void)state;
+    ds4_config c = cfg(16, 4, 2, 2, 4, DS4_SCORE_SIGMOID);
+    c.num_hidden_layers = 2;
+    c.first_k_dense_replace = 1;
+    ds4_model *m = ds4_model_create(&c, 3);
+    assert_non_null(m);
+    int ids[100];
+    for (int i = 0; i < 100; i++) ids[i] = (i * 11 + 5) % c.vocab_size;
+    ds4_moe_report all = {.n_ranks = 2, .ranks = {2, 4}}, a = all, b = all;
+    assert_int_equal(ds4_moe_measure(m, ids, 100, 32, &all), 0);
+    assert_int_equal(ds4_moe_measure(m, ids, 65, 32, &a), 0);          /* windows 0..31, 32..63 */
+    assert_int_equal(ds4_moe_measure(m, ids + 64, 36, 32, &b), 0);     /* 64..95, 96..98 */
+    assert_int_equal(ds4_moe_report_add(&a, &b), 0);
+    assert_int_equal(a.tokens, all.tokens);
+    for (int i = 0; i < 2 * 16; i++) assert_int_equal(a.load[i], all.load[i]);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(a.comm[1][i].remote, all.comm[1][i].remote);
+        assert_int_equal(a.flat_comm[1][i].ranks, all.flat_comm[1][i].ranks);
+    }
+    assert_float_equal(a.loss, all.loss, 1e-5 * all.loss);
+    ds4_moe_report other = {.n_ranks = 1, .ranks = {2}};
+    assert_int_equal(ds4_moe_measure(m, ids, 40, 32, &other), 0);
+    assert_int_equal(ds4_moe_report_add(&a, &other), -1);            /* different rank lists */
+    ds4_moe_report_free(&a); ds4_moe_report_free(&b); ds4_moe_report_free(&all); ds4_moe_report_free(&other);
+    ds4_model_free(m);
+}
+
+static void test_bias_rate_schedule(void **state) {
+    (void)state;
+    /* constant (SPEC default): u at every step */
+    assert_true(ds4_moe_bias_rate_scheduled(1e-3f, 0, 100, 0, 0.01f, 0) == 1e-3f);
+    assert_true(ds4_moe_bias_rate_scheduled(1e-3f, 99, 100, 0, 0.1f, 0) == 1e-3f);
+    /* in step with the learning rate */
+    assert_true(ds4_moe_bias_rate_scheduled(0.5f, 10, 100, 1, 0.25f, 0) == 0.125f);
+    /* frozen for the last 10%: steps 90..99 */
+    assert_true(ds4_moe_bias_rate_scheduled(1e-3f, 89, 100, 0, 1, 0.1f) == 1e-3f);
+    assert_true(ds4_moe_bias_rate_scheduled(1e-3f, 90, 100, 0, 1, 0.1f) == 0.0f);
+    assert_true(ds4_moe_bias_rate_scheduled(1e-3f, 99, 100, 1, 1, 0.1f) == 0.0f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_report_pool),
+        cmocka_unit_test(test_bias_rate_schedule),
         cmocka_unit_test(test_group_score_top2_and_ties),
         cmocka_unit_test(test_weights_from_unbiased_scores),
         cmocka_unit_test(test_negative_scores_masked_with_minus_inf),

@@ -22,8 +22,10 @@ typedef struct moe_opts {
     const char *runs;        /* subset of "abc" */
     const char *save;        /* directory for the trained models (DIR/a, DIR/b, DIR/c) or NULL */
     long vocab, hidden, layers, experts, groups, topk_group, topk_per_group, moe_inter, plain_k;
-    long steps, batch, seq, eval_tokens, seed, route_tokens, layer_tokens, elem_bytes;
-    double lr, bias_rate, aux_alpha;
+    long steps, batch, seq, eval_tokens, seed, route_tokens, layer_tokens, elem_bytes, log_every;
+    long holdout_every;      /* every N-th block of the training text is held out (0: none) */
+    double lr, bias_rate, aux_alpha, bias_freeze, hier_aux_alpha;
+    int bias_follow_lr;
     int do_study, do_routing, do_layer;
 } moe_opts;
 
@@ -44,11 +46,13 @@ static void opts_defaults(moe_opts *o) {
     o->steps = 300;
     o->batch = 16;
     o->seq = 128;
-    o->eval_tokens = 1 << 17;
+    o->eval_tokens = 400000;
+    o->holdout_every = 8;
     o->seed = 1;
     o->route_tokens = 4096;
     o->layer_tokens = 2048;
     o->elem_bytes = 2;
+    o->log_every = 25;
     o->lr = 3e-3;
     o->bias_rate = 3e-3;
     o->aux_alpha = 0.01;
@@ -73,7 +77,14 @@ static void help(void) {
            "  --experts E [64]  --groups G [16]  --topk-group [2]  --topk-per-group [2]\n"
            "  --plain-k K          experts per token of runs (a), (b) [= topk_group x topk_per_group]\n"
            "  --steps N [300]  --batch B [16]  --seq T [128]  --lr X [3e-3]  --seed S [1]\n"
-           "  --bias-rate U [3e-3]  --aux-alpha A [0.01]  --eval-tokens N [131072, capped by --val]\n"
+           "  --bias-rate U [3e-3]  --aux-alpha A [0.01]\n"
+           "  --bias-schedule constant|lr  (c)'s bias rate: constant U (SPEC), or U x lr/peak lr [constant]\n"
+           "  --bias-freeze F      (c)'s bias rate 0 in the last fraction F of the steps (DeepSeek-V3) [0]\n"
+           "  --hier-aux-alpha A   (c) also with the sequence-wise aux loss (DeepSeek-V3's complementary one) [0]\n"
+           "  --holdout-every N    hold out every N-th block of 4096 training tokens (never sampled for training)\n"
+           "                       and add them to the held-out set; 0: val.txt alone [8]\n"
+           "  --eval-tokens N      held-out tokens: val.txt first, then held-out training blocks [400000]\n"
+           "  --log-every N        progress line every N steps [25]\n"
            "  --runs abc           which of the three runs to train [abc]\n"
            "  --save DIR           keep the trained models as DIR/a, DIR/b, DIR/c (with tokenizer.json),\n"
            "                       e.g. for ds4 moe-report --model DIR/c --png\n"
@@ -184,6 +195,7 @@ static void study_config(ds4_config *c, const moe_opts *o, int vocab, int run) {
         c->num_experts_per_tok = k_hier;
         c->scoring_func = DS4_SCORE_SIGMOID;
         c->router_bias_update_rate = (float)o->bias_rate;
+        c->aux_loss_alpha = (float)o->hier_aux_alpha;
     } else {
         c->n_group = 1;
         c->topk_group = 1;
@@ -195,13 +207,37 @@ static void study_config(ds4_config *c, const moe_opts *o, int vocab, int run) {
 }
 
 typedef struct run_result {
-    double val_loss, train_loss, seconds, tokens_per_s, aux_loss, train_util;
-    pooled_stats st;
-    ds4_moe_report rep;
+    double val_loss, held_loss, train_loss, seconds, tokens_per_s, aux_loss, train_util;
+    pooled_stats st, st_val;   /* all held-out tokens; val.txt alone */
+    ds4_moe_report rep;        /* all held-out tokens */
 } run_result;
 
+/* Held-out token streams: val.txt, and the blocks of the training text that
+ * training never samples. */
+typedef struct heldout {
+    const int *val, *blocks;
+    size_t nval, nblocks;
+} heldout;
+
+/* Training text split into blocks of HOLDOUT_BLOCK tokens: every every-th
+ * block (0: none) is held out. Writes the kept and held-out streams. */
+#define HOLDOUT_BLOCK 4096
+static int split_holdout(const int *ids, size_t n, long every, int **kept, size_t *nkept, int **held, size_t *nheld) {
+    *kept = ds4_malloc(sizeof(int) * (n ? n : 1));
+    *held = ds4_malloc(sizeof(int) * (n ? n : 1));
+    if (!*kept || !*held) { free(*kept); free(*held); return -1; }
+    *nkept = *nheld = 0;
+    for (size_t b = 0, i = 0; i < n; b++, i += HOLDOUT_BLOCK) {
+        const size_t len = DS4_MIN((size_t)HOLDOUT_BLOCK, n - i);
+        const int out = every > 0 && (long)(b % (size_t)every) == every - 1;
+        memcpy(out ? *held + *nheld : *kept + *nkept, ids + i, sizeof(int) * len);
+        *(out ? nheld : nkept) += len;
+    }
+    return 0;
+}
+
 static int train_one(const moe_opts *o, const ds4_config *c, const int *train, size_t ntrain,
-                     const int *val, size_t nval, int run, run_result *res) {
+                     const heldout *ho, int run, run_result *res) {
     ds4_model *m = ds4_model_create(c, (uint64_t)o->seed);
     if (!m) return -1;
     const int B = (int)o->batch, T = (int)o->seq;
@@ -229,26 +265,50 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
         ds4_clip_grad_norm(m, grads, 1.0f);
         ds4_adamw_step(&opt, m, grads, lr);
         ds4_moe_step_stats ms;
+        /* load-bias rate of this step (--bias-schedule, --bias-freeze; constant by default) */
+        m->cfg.router_bias_update_rate = ds4_moe_bias_rate_scheduled(c->router_bias_update_rate, s, o->steps,
+                                                                     o->bias_follow_lr, lr / (float)o->lr,
+                                                                     (float)o->bias_freeze);
         ds4_train_ctx_moe_step(ctx, m, &ms);
         if (s >= o->steps - DS4_MAX(1, o->steps / 10)) {
             loss_tail += loss; util_tail += ms.utilization; aux_tail += ms.aux_loss; tail++;
         }
-        if ((s + 1) % 25 == 0 || s + 1 == o->steps)
-            fprintf(stderr, "  %-26s step %4ld/%ld  loss %.4f  aux %.4f  step util %.3f  %.0f tok/s\n",
-                    RUN_NAME[run], s + 1, o->steps, loss, ms.aux_loss, ms.utilization,
+        if ((s + 1) % o->log_every == 0 || s + 1 == o->steps) {
+            float bmin = 0, bmax = 0;             /* load-bias range over MoE layers */
+            for (int l = 0; l < c->num_hidden_layers; l++)
+                for (int e = 0; e < c->n_routed_experts && ds4_layer_is_moe(c, l); e++) {
+                    const float b = m->w.layers[l].router_bias[e];
+                    bmin = fminf(bmin, b);
+                    bmax = fmaxf(bmax, b);
+                }
+            fprintf(stderr, "  %-26s step %4ld/%ld  loss %.4f  aux %.4f  step util %.3f  bias [%.3f, %.3f]  %.0f tok/s\n",
+                    RUN_NAME[run], s + 1, o->steps, loss, ms.aux_loss, ms.utilization, bmin, bmax,
                     (double)(s + 1) * B * T / (ds4_time_s() - t0));
+        }
     }
+    m->cfg.router_bias_update_rate = c->router_bias_update_rate;      /* the config as given, for --save */
     res->seconds = ds4_time_s() - t0;
     res->tokens_per_s = (double)o->steps * B * T / res->seconds;
     res->train_loss = loss_tail / tail;
     res->train_util = util_tail / tail;
     res->aux_loss = aux_tail / tail;
-    /* held-out: loss and routing metrics in one pass (inference path, dropless), windows of T */
+    /* held-out: loss and routing metrics in one pass (inference path, dropless), windows of T:
+     * val.txt, then held-out blocks of the training text up to --eval-tokens in all */
+    ds4_moe_report blk = {.n_ranks = 2, .ranks = {4, 8}};
     res->rep.n_ranks = 2;
     res->rep.ranks[0] = 4;
     res->rep.ranks[1] = 8;
-    if (ds4_moe_measure(m, val, DS4_MIN(nval, (size_t)o->eval_tokens), T, &res->rep) != 0) goto out;
+    if (ds4_moe_measure(m, ho->val, DS4_MIN(ho->nval, (size_t)o->eval_tokens), T, &res->rep) != 0) goto out;
     res->val_loss = res->rep.loss;
+    pool_report(&res->rep, &res->st_val);
+    const size_t nblk = DS4_MIN(ho->nblocks, (size_t)o->eval_tokens - (size_t)res->rep.tokens);
+    if (nblk >= 2) {
+        if (ds4_moe_measure(m, ho->blocks, nblk, T, &blk) != 0) goto out;
+        res->held_loss = blk.loss;
+        const int prc = ds4_moe_report_add(&res->rep, &blk);
+        ds4_moe_report_free(&blk);
+        if (prc != 0) goto out;
+    }
     if (o->save) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%c", o->save, 'a' + run);
@@ -276,8 +336,8 @@ static int tokenize_file(const ds4_tokenizer *tok, const char *path, int **ids, 
 static int run_study(const moe_opts *o) {
     const int k_hier = (int)(o->topk_group * o->topk_per_group);
     ds4_tokenizer *tok = NULL;
-    int *train = NULL, *val = NULL;
-    size_t ntrain = 0, nval = 0;
+    int *train = NULL, *val = NULL, *held = NULL;
+    size_t ntrain = 0, nval = 0, nheld = 0;
     const double t_start = ds4_time_s();
     if (o->tokenizer) tok = ds4_tokenizer_load(o->tokenizer);
     else {
@@ -302,24 +362,33 @@ static int run_study(const moe_opts *o) {
     }
     const int vocab = ds4_tokenizer_vocab_size(tok);
     ds4_tokenizer_free(tok);
+    {   /* hold out every --holdout-every-th block of the training text */
+        int *all = train;
+        const size_t nall = ntrain;
+        const int src = split_holdout(all, nall, o->holdout_every, &train, &ntrain, &held, &nheld);
+        free(all);
+        if (src != 0) { free(val); return cli_fail("bench moe"); }
+    }
     if (ntrain < (size_t)o->seq + 2 || nval < (size_t)(o->batch * (o->seq + 1))) {
         fprintf(stderr, "ds4 bench moe: too few tokens (train %zu, val %zu) for --batch/--seq\n", ntrain, nval);
-        free(train); free(val);
+        free(train); free(val); free(held);
         return 1;
     }
     ds4_config cfgs[N_RUNS];
     for (int r = 0; r < N_RUNS; r++) {
         study_config(&cfgs[r], o, vocab, r);
-        if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); return cli_fail("bench moe"); }
+        if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); free(held); return cli_fail("bench moe"); }
     }
     const long tokens = o->steps * o->batch * o->seq;
-    fprintf(stderr, "ds4 bench moe --study: %zu train / %zu val tokens (vocab %d), %ld steps x %ld x %ld = %.2fM tokens per run\n",
-            ntrain, nval, vocab, o->steps, o->batch, o->seq, tokens / 1e6);
+    fprintf(stderr, "ds4 bench moe --study: %zu train / %zu val + %zu held-out train tokens (vocab %d), "
+            "%ld steps x %ld x %ld = %.2fM tokens per run\n",
+            ntrain, nval, nheld, vocab, o->steps, o->batch, o->seq, tokens / 1e6);
+    const heldout ho = {.val = val, .nval = nval, .blocks = held, .nblocks = nheld};
     run_result res[N_RUNS];
     memset(res, 0, sizeof res);
     for (int r = 0; r < N_RUNS; r++)
-        if (strchr(o->runs, 'a' + r) && train_one(o, &cfgs[r], train, ntrain, val, nval, r, &res[r]) != 0) {
-            free(train); free(val);
+        if (strchr(o->runs, 'a' + r) && train_one(o, &cfgs[r], train, ntrain, &ho, r, &res[r]) != 0) {
+            free(train); free(val); free(held);
             for (int q = 0; q < N_RUNS; q++) ds4_moe_report_free(&res[q].rep);
             return cli_fail("bench moe");
         }
@@ -327,26 +396,37 @@ static int run_study(const moe_opts *o) {
     const ds4_config *ch = &cfgs[RUN_HIER];
     int done[N_RUNS], any = -1;
     for (int r = 0; r < N_RUNS; r++) { done[r] = strchr(o->runs, 'a' + r) != NULL; if (done[r] && any < 0) any = r; }
-    if (any < 0) { fprintf(stderr, "ds4 bench moe: --runs selects none of a, b, c\n"); free(train); free(val); return 2; }
+    if (any < 0) { fprintf(stderr, "ds4 bench moe: --runs selects none of a, b, c\n"); free(train); free(val); free(held); return 2; }
     printf("ds4 bench moe --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
     printf("  model: V %d, D %d, L %d (layer 0 dense, FFN %d), %d experts x %d wide + 1 shared, k %d (flat runs: k %d)\n",
            vocab, ch->hidden_size, ch->num_hidden_layers, ch->intermediate_size, ch->n_routed_experts,
            ch->moe_intermediate_size, k_hier, cfgs[RUN_PLAIN].num_experts_per_tok);
-    printf("  (c): %d groups of %d, topk_group %d x topk_per_group %d, sigmoid, bias rate %g; (b): aux alpha %g;"
-           " (a), (b): softmax\n", ch->n_group, ch->n_routed_experts / ch->n_group, ch->topk_group,
-           ch->topk_per_group, o->bias_rate, o->aux_alpha);
-    printf("  data: %s, %.2fM training tokens per run (%ld steps x %ld x %ld, lr %g, same batches);\n"
-           "  held-out: %lld tokens of %s\n", o->data, tokens / 1e6, o->steps, o->batch, o->seq, o->lr,
-           (long long)res[any].rep.tokens, o->val);
+    printf("  (c): %d groups of %d, topk_group %d x topk_per_group %d, sigmoid, bias rate %g (%s%s), aux alpha %g;\n"
+           "  (b): aux alpha %g; (a), (b): softmax\n", ch->n_group, ch->n_routed_experts / ch->n_group, ch->topk_group,
+           ch->topk_per_group, o->bias_rate, o->bias_follow_lr ? "x lr/peak" : "constant",
+           o->bias_freeze > 0 ? ", frozen at the end" : "", o->hier_aux_alpha, o->aux_alpha);
+    const int64_t nv_eval = DS4_MIN((int64_t)nval, (int64_t)o->eval_tokens) - 1;   /* tokens with a target */
+    printf("  data: %s, %.2fM training tokens per run (%ld steps x %ld x %ld, lr %g, same batches),\n"
+           "  sampled from %zu tokens: every %ld-th block of %d tokens is held out;\n"
+           "  held-out: %lld tokens: %lld of %s and %lld of the held-out training blocks\n", o->data, tokens / 1e6,
+           o->steps, o->batch, o->seq, o->lr, ntrain, o->holdout_every, HOLDOUT_BLOCK,
+           (long long)res[any].rep.tokens, (long long)nv_eval, o->val, (long long)(res[any].rep.tokens - nv_eval));
     printf("  metrics: per MoE layer on the held-out tokens (dropless inference routing), then the mean over\n"
            "  layers (dead: summed over layers); bytes: all-to-all dispatch per token summed over MoE layers,\n"
            "  %d B/elem, expert e on rank e/(E/R), token t on rank t mod R; combine sends the same again.\n\n", eb);
-    printf("  %-26s %8s %7s %7s %5s %6s %10s %10s %7s %7s\n", "run", "val loss", "util", "MaxVio", "dead",
-           "CV", "B/tok R=4", "B/tok R=8", "tok/s", "time");
+    const double ceil_u = uniform_utilization(res[any].rep.tokens, ch->n_routed_experts, k_hier, 99);
+    const double ceil_v = uniform_utilization(nv_eval, ch->n_routed_experts, k_hier, 98);
+    printf("  ceiling: routing balanced in expectation (k uniform experts per token) scores %.1f%% utilization\n"
+           "  on the %lld held-out tokens (sampling noise alone; %.1f%% on the %lld of %s): no router can be\n"
+           "  expected to measure above it. util val: utilization on %s alone.\n\n", 100 * ceil_u,
+           (long long)res[any].rep.tokens, 100 * ceil_v, (long long)nv_eval, o->val, o->val);
+    printf("  %-26s %8s %7s %8s %7s %5s %6s %10s %10s %7s %7s\n", "run", "val loss", "util", "util val", "MaxVio",
+           "dead", "CV", "B/tok R=4", "B/tok R=8", "tok/s", "time");
     for (int r = 0; r < N_RUNS; r++)
         if (done[r])
-            printf("  %-26s %8.4f %6.1f%% %7.3f %5d %6.3f %10.0f %10.0f %7.0f %6.0fs\n", RUN_NAME[r], res[r].val_loss,
-                   100 * res[r].st.util, res[r].st.maxvio, res[r].st.dead, res[r].st.cv,
+            printf("  %-26s %8.4f %6.1f%% %7.1f%% %7.3f %5d %6.3f %10.0f %10.0f %7.0f %6.0fs\n", RUN_NAME[r],
+                   res[r].val_loss, 100 * res[r].st.util, 100 * res[r].st_val.util, res[r].st.maxvio, res[r].st.dead,
+                   res[r].st.cv,
                    report_bytes(&res[r].rep, 0, 0, eb), report_bytes(&res[r].rep, 1, 0, eb), res[r].tokens_per_s,
                    res[r].seconds);
     printf("\n  per MoE layer (utilization / MaxVio / dead / CV; training: mean step utilization, last 10%% of steps):\n");
@@ -361,10 +441,6 @@ static int run_study(const moe_opts *o) {
         }
         printf("\n");
     }
-    const double ceil_u = uniform_utilization(res[any].rep.tokens, ch->n_routed_experts, k_hier, 99);
-    printf("    sampling-noise ceiling: routing balanced in expectation (k uniform experts per token) scores\n"
-           "    %.1f%% utilization on %lld tokens: no router can be expected to measure above it\n",
-           100 * ceil_u, (long long)res[any].rep.tokens);
     printf("    training:");
     for (int r = 0; r < N_RUNS; r++)
         if (done[r]) printf("  %s %.1f%% (aux loss %.4f)", RUN_KEY[r], 100 * res[r].train_util, res[r].aux_loss);
@@ -400,19 +476,20 @@ static int run_study(const moe_opts *o) {
            tokens, eb);
     for (int r = 0; r < N_RUNS; r++)
         if (done[r])
-            printf(",\"%s\":{\"val_loss\":%.5f,\"utilization\":%.4f,\"min_layer_utilization\":%.4f,\"max_vio\":%.4f,"
+            printf(",\"%s\":{\"val_loss\":%.5f,\"heldout_train_loss\":%.5f,\"val_utilization\":%.4f,\"utilization\":%.4f,\"min_layer_utilization\":%.4f,\"max_vio\":%.4f,"
                    "\"dead\":%d,\"cv\":%.4f,\"bytes_per_token_r4\":%.1f,\"bytes_per_token_r8\":%.1f,"
                    "\"flat_bytes_per_token_r4\":%.1f,\"flat_bytes_per_token_r8\":%.1f,\"train_utilization\":%.4f,"
                    "\"aux_loss\":%.5f,\"tokens_per_s\":%.1f,\"seconds\":%.1f}",
-                   RUN_KEY[r], res[r].val_loss, res[r].st.util, res[r].st.min_util, res[r].st.maxvio, res[r].st.dead,
+                   RUN_KEY[r], res[r].val_loss, res[r].held_loss, res[r].st_val.util, res[r].st.util, res[r].st.min_util, res[r].st.maxvio, res[r].st.dead,
                    res[r].st.cv, report_bytes(&res[r].rep, 0, 0, eb), report_bytes(&res[r].rep, 1, 0, eb),
                    report_bytes(&res[r].rep, 0, 1, eb), report_bytes(&res[r].rep, 1, 1, eb), res[r].train_util,
                    res[r].aux_loss, res[r].tokens_per_s, res[r].seconds);
     if (done[RUN_HIER]) printf(",\"comm_ratio_r4\":%.4f,\"comm_ratio_r8\":%.4f", ratio[0], ratio[1]);
-    printf(",\"uniform_utilization_ceiling\":%.4f", ceil_u);
+    printf(",\"heldout_tokens\":%lld,\"uniform_utilization_ceiling\":%.4f,\"val_uniform_utilization_ceiling\":%.4f",
+           (long long)res[any].rep.tokens, ceil_u, ceil_v);
     printf("}\n");
     for (int r = 0; r < N_RUNS; r++) ds4_moe_report_free(&res[r].rep);
-    free(train); free(val);
+    free(train); free(val); free(held);
     return 0;
 }
 
@@ -643,9 +720,11 @@ int bench_moe(int argc, char **argv) {
             {"--seq", &o.seq, 8, 1 << 16}, {"--eval-tokens", &o.eval_tokens, 1024, 1L << 30},
             {"--seed", &o.seed, 0, 1L << 40}, {"--route-tokens", &o.route_tokens, 1, 1 << 20},
             {"--layer-tokens", &o.layer_tokens, 1, 1 << 20}, {"--elem-bytes", &o.elem_bytes, 1, 8},
+            {"--log-every", &o.log_every, 1, 1L << 30}, {"--holdout-every", &o.holdout_every, 0, 1L << 20},
         };
         struct { const char *name; double *dst; } fls[] = {
             {"--lr", &o.lr}, {"--bias-rate", &o.bias_rate}, {"--aux-alpha", &o.aux_alpha},
+            {"--bias-freeze", &o.bias_freeze}, {"--hier-aux-alpha", &o.hier_aux_alpha},
         };
         int done = 0;
         for (size_t j = 0; j < sizeof ints / sizeof ints[0] && !done; j++)
@@ -663,10 +742,21 @@ int bench_moe(int argc, char **argv) {
         else if (!strcmp(a, "--val")) o.val = v;
         else if (!strcmp(a, "--tokenizer")) o.tokenizer = v;
         else if (!strcmp(a, "--runs")) o.runs = v;
+        else if (!strcmp(a, "--bias-schedule")) {
+            if (strcmp(v, "constant") && strcmp(v, "lr")) {
+                fprintf(stderr, "ds4 bench moe: --bias-schedule must be constant or lr, not '%s'\n", v);
+                return 2;
+            }
+            o.bias_follow_lr = !strcmp(v, "lr");
+        }
         else if (!strcmp(a, "--save")) o.save = v;
         else return cli_unknown("bench moe", a);
     }
     int rc = 0;
+    if (!(o.bias_freeze >= 0 && o.bias_freeze < 1) || !(o.hier_aux_alpha >= 0)) {
+        fprintf(stderr, "ds4 bench moe: --bias-freeze must be in [0, 1) and --hier-aux-alpha >= 0\n");
+        return 2;
+    }
     if (o.do_layer && (rc = run_layer(&o)) != 0) return rc;
     if (o.do_routing && (rc = run_routing(&o)) != 0) return rc;
     if (o.do_study && (rc = run_study(&o)) != 0) return rc;

@@ -89,6 +89,13 @@ void ds4_moe_balance_stat_backward(const ds4_config *c, const float *scores, con
  * bias [E], load [E] (token-slots per expert over one optimizer step). */
 void ds4_moe_bias_update(float *bias, const int64_t *load, int E, float u);
 
+/* Scheduled load-bias rate for optimizer step `step` (0-based) of `total`:
+ * u (router_bias_update_rate, SPEC §1.2; constant by default), times
+ * lr_frac (the step's learning rate over the peak) when follow_lr, and 0 in
+ * the last freeze_frac of the steps (DeepSeek-V3 used 0 for its last ~3% of
+ * tokens). The update rule itself stays b_i += rate * sign(mean - load_i). */
+float ds4_moe_bias_rate_scheduled(float u, long step, long total, int follow_lr, float lr_frac, float freeze_frac);
+
 struct ds4_acts;
 /* Add the per-expert loads of the last training forward (acts of every
  * layer) into loads [L, E] (rows of dense layers untouched). */
@@ -162,6 +169,10 @@ typedef struct ds4_moe_report {
  * fill r; the caller sets r->n_ranks and r->ranks first (each checked with
  * ds4_moe_placement_check). Free with ds4_moe_report_free. */
 int  ds4_moe_measure(const ds4_model *m, const int *ids, size_t n, int seq_len, ds4_moe_report *r);
+/* Pool src into dst (same model and ranks, both measured): loads and
+ * communication counters add, loss becomes the token-weighted mean.
+ * Returns -1 (error set) if the shapes or rank lists differ. */
+int  ds4_moe_report_add(ds4_moe_report *dst, const ds4_moe_report *src);
 void ds4_moe_report_free(ds4_moe_report *r);
 
 #endif

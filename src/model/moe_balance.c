@@ -95,6 +95,11 @@ void ds4_moe_bias_update(float *bias, const int64_t *load, int E, float u) {
     }
 }
 
+float ds4_moe_bias_rate_scheduled(float u, long step, long total, int follow_lr, float lr_frac, float freeze_frac) {
+    if (freeze_frac > 0 && total > 0 && (double)step >= (1.0 - freeze_frac) * (double)total) return 0.0f;
+    return follow_lr ? u * lr_frac : u;
+}
+
 void ds4_moe_loads_add(const ds4_config *c, const ds4_acts *a, int64_t *loads) {
     const int E = c->n_routed_experts;
     for (int l = 0; l < c->num_hidden_layers && l < a->n_layers; l++) {

@@ -89,6 +89,31 @@ void ds4_moe_flat_config(const ds4_config *c, ds4_config *flat) {
     flat->topk_per_group = 0;
 }
 
+int ds4_moe_report_add(ds4_moe_report *dst, const ds4_moe_report *src) {
+    if (dst->n_layers != src->n_layers || dst->E != src->E || dst->k != src->k || dst->n_ranks != src->n_ranks ||
+        !dst->load || !src->load) {
+        ds4_set_error("moe report: cannot pool reports of different shapes or rank lists");
+        return -1;
+    }
+    for (int i = 0; i < dst->n_ranks; i++)
+        if (dst->ranks[i] != src->ranks[i]) {
+            ds4_set_error("moe report: cannot pool reports for different rank counts");
+            return -1;
+        }
+    const int64_t n = dst->tokens + src->tokens;
+    if (n > 0) dst->loss = (dst->loss * (double)dst->tokens + src->loss * (double)src->tokens) / (double)n;
+    dst->tokens = n;
+    for (size_t i = 0; i < (size_t)dst->n_layers * dst->E; i++) dst->load[i] += src->load[i];
+    for (int l = 0; l < dst->n_layers; l++)
+        for (int i = 0; i < dst->n_ranks; i++) {
+            ds4_moe_comm *a = &dst->comm[l][i], *b = &dst->flat_comm[l][i];
+            const ds4_moe_comm *c = &src->comm[l][i], *d = &src->flat_comm[l][i];
+            a->tokens += c->tokens; a->ranks += c->ranks; a->remote += c->remote;
+            b->tokens += d->tokens; b->ranks += d->ranks; b->remote += d->remote;
+        }
+    return 0;
+}
+
 void ds4_moe_report_free(ds4_moe_report *r) {
     free(r->load);
     r->load = NULL;
