@@ -37,62 +37,31 @@ static inline void row_dots(float *out, const float *w, const float *x, int n, i
     for (int j = 0; j < n; j++) out[j] = r[j];
 }
 
-/* Weight rows stream from memory once per token. The L2 stream prefetcher
- * stops at 4 KiB pages, so each row block also prefetches GEMV_PF bytes ahead
- * in all four streams (one line per stream per 64 bytes read). */
-#ifndef GEMV_PF
-#define GEMV_PF 4096
-#endif
-
-/* y[0..4) (+)= w[4 rows of in] . x: four independent streams and
- * accumulator chains in flight (short rows make per-row overhead count). */
-static inline void gemv_block4(float *y, const float *x, const float *w0, int in, int acc) {
-    const float *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
-    float r[4] = {0, 0, 0, 0};
+/* One weight row at a time with four accumulator chains: the weights are
+ * then read as one sequential stream (rows are contiguous), which measured
+ * 1.1-1.5x faster from DRAM on one core than four interleaved row streams,
+ * with or without software prefetch. */
+static inline float gemv_row(const float *w, const float *x, int in) {
     int k = 0;
+    float r = 0.0f;
 #if defined(__AVX2__) && defined(__FMA__)
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
-    for (; k + 16 <= in; k += 16) {
-        _mm_prefetch((const char *)(w0 + k) + GEMV_PF, _MM_HINT_T0);
-        _mm_prefetch((const char *)(w1 + k) + GEMV_PF, _MM_HINT_T0);
-        _mm_prefetch((const char *)(w2 + k) + GEMV_PF, _MM_HINT_T0);
-        _mm_prefetch((const char *)(w3 + k) + GEMV_PF, _MM_HINT_T0);
-        const __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xw, b0);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k + 8), xw, b1);
-        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k + 8), xw, b2);
-        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k + 8), xw, b3);
+    __m256 a = _mm256_setzero_ps(), b = a, c = a, d = a;
+    for (; k + 32 <= in; k += 32) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), b);
+        c = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), c);
+        d = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), d);
     }
-    a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1);
-    a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
-    for (; k + 8 <= in; k += 8) {
-        const __m256 xv = _mm256_loadu_ps(x + k);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
-    }
-    r[0] = hsum256(a0); r[1] = hsum256(a1); r[2] = hsum256(a2); r[3] = hsum256(a3);
+    for (; k + 8 <= in; k += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
+    r = hsum256(_mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d)));
 #endif
-    for (; k < in; k++) {
-        r[0] += w0[k] * x[k]; r[1] += w1[k] * x[k]; r[2] += w2[k] * x[k]; r[3] += w3[k] * x[k];
-    }
-    for (int j = 0; j < 4; j++) y[j] = acc ? y[j] + r[j] : r[j];
+    for (; k < in; k++) r += w[k] * x[k];
+    return r;
 }
 
 void ds4_gemv_rows(float *y, const float *x, const float *w, int in, int rows, int acc) {
-    const int rows4 = rows & ~3;
-    for (int o = 0; o < rows4; o += 4) gemv_block4(y + o, x, w + (size_t)o * in, in, acc);
-    for (int o = rows4; o < rows; o++) {
-        float d;
-        row_dots(&d, w + (size_t)o * in, x, 1, in);
+    for (int o = 0; o < rows; o++) {
+        const float d = gemv_row(w + (size_t)o * in, x, in);
         y[o] = acc ? y[o] + d : d;
     }
 }
