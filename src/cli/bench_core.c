@@ -61,6 +61,25 @@ static double run_torch_peer(const ds4_config *c, int threads, long steps, long 
     return tps;
 }
 
+/* sgemm GFLOP/s at the model's own GEMM shapes (rows = tokens of a batch):
+ * the projections and FFN of a dense layer and lm_head, C = A B^T as in the
+ * forward, weighted by their FLOPs (total FLOPs / total time). */
+static double sgemm_at_model_shapes(const ds4_config *c, int n, double secs_each) {
+    const int D = c->hidden_size, Q = c->num_attention_heads * c->head_dim;
+    const int KD = c->num_key_value_heads * c->head_dim, F = c->intermediate_size;
+    const int shapes[][2] = {{Q, D}, {KD, D}, {D, Q}, {F, D}, {D, F}, {c->vocab_size, D}};   /* out, in */
+    const double count[] = {1, 2, 1, 2, 1, 1.0 / c->num_hidden_layers};                    /* per layer */
+    double flops = 0, time = 0;
+    for (int i = 0; i < 6; i++) {
+        const double g = ds4_measure_sgemm_gflops(n, shapes[i][0], shapes[i][1], secs_each);
+        if (g <= 0) return 0;
+        const double f = 2.0 * n * shapes[i][0] * shapes[i][1] * count[i];
+        flops += f;
+        time += f / (g * 1e9);
+    }
+    return flops / time / 1e9;
+}
+
 int bench_train(int argc, char **argv) {
     const char *cfg_path = NULL;
     long steps = 4, B = 8, T = 256;
@@ -72,7 +91,8 @@ int bench_train(int argc, char **argv) {
         if (cli_is_help(a)) {
             printf("usage: ds4 bench train [--config F] [--steps N] [--batch B] [--seq T] [--torch] [--price-per-hour X]\n"
                    "Times forward+backward+AdamW steps on random tokens (default: the dense 17.3M model of\n"
-                   "SPEC §4, B 8 x T 256) and compares achieved GFLOP/s with OpenBLAS sgemm measured now.\n"
+                   "SPEC §4, B 8 x T 256) and compares achieved GFLOP/s with OpenBLAS sgemm measured in the\n"
+                   "same run (1024^3 between the steps, and at the model's GEMM shapes; the higher counts).\n"
                    "--torch also runs the PyTorch peer (bench/torch_train.py, Debian python3-torch) on the\n"
                    "same dense config, threads, batch and steps, right after ds4, and reports the ratio.\n");
             return 0;
@@ -90,8 +110,8 @@ int bench_train(int argc, char **argv) {
     ds4_model *m = ds4_model_create(&c, 1);
     if (!m) return cli_fail("bench train");
     const int threads = omp_get_max_threads();
-    fprintf(stderr, "measuring sgemm peak...\n");
-    const double peak = ds4_measure_sgemm_gflops(1024, 1024, 1024, 1.0);
+    fprintf(stderr, "measuring sgemm at the model's shapes...\n");
+    const double shape_gflops = sgemm_at_model_shapes(&c, (int)(B * T), 0.2);
     ds4_train_ctx *ctx = ds4_train_ctx_create(m, (int)B, (int)T);
     float *grads = ds4_alloc_aligned(m->layout.n_floats * sizeof(float));
     int *ids = malloc(sizeof(int) * (size_t)B * (T + 1));
@@ -101,10 +121,16 @@ int bench_train(int argc, char **argv) {
     for (long i = 0; i < B * (T + 1); i++) ids[i] = (int)(ds4_rng_u64(&rng) % (uint64_t)c.vocab_size);
     ds4_adamw opt = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
     if (ds4_adamw_init(&opt, m) != 0) return cli_fail("bench train");
-    double best = 1e30, total = 0;
+    double best = 1e30, total = 0, peak = 0;
+    const size_t nfl = m->layout.n_floats;
     for (long s = 0; s <= steps; s++) {      /* step 0 is warm-up */
+        /* sgemm 1024^3 probes between the steps: the same load as the steps */
+        const double g = ds4_measure_sgemm_gflops(1024, 1024, 1024, 0.3);
+        if (g > peak) peak = g;
         double t0 = ds4_time_s();
-        memset(grads, 0, m->layout.n_floats * sizeof(float));
+        #pragma omp parallel for schedule(static)
+        for (size_t k0 = 0; k0 < nfl; k0 += 65536)
+            memset(grads + k0, 0, DS4_MIN((size_t)65536, nfl - k0) * sizeof(float));
         if (isnan(ds4_train_ctx_step(ctx, m, ids, grads, 1.0f))) return cli_fail("bench train");
         ds4_clip_grad_norm(m, grads, 1.0f);
         ds4_adamw_step(&opt, m, grads, 1e-4f);
@@ -114,7 +140,11 @@ int bench_train(int argc, char **argv) {
     ds4_cost cost;
     ds4_cost_per_token(&c, (T + 1) / 2.0, &cost);
     const double tok = (double)B * T, mean = total / steps;
+    /* FLOPs: 3 x forward = 6 N per token for the N weights used in matmuls
+     * (lm_head included, embedding lookups excluded) plus attention QK^T and
+     * PV over the average causal context (T+1)/2, forward and backward */
     const double tps = tok / mean, gflops = 3.0 * cost.total * tok / mean / 1e9;
+    const double ref = peak > shape_gflops ? peak : shape_gflops;   /* the stricter reference */
     printf("ds4 bench train (%d threads)\n", threads);
     printf("  model              %.1fM params (V %d, D %d, L %d, FFN %d)\n", ds4_model_n_params(m) / 1e6,
            c.vocab_size, c.hidden_size, c.num_hidden_layers, c.intermediate_size);
@@ -122,8 +152,10 @@ int bench_train(int argc, char **argv) {
     printf("  step time          %.3f s mean, %.3f s best (%ld steps)\n", mean, best, steps);
     printf("  tokens/s           %.0f\n", tps);
     printf("  achieved GFLOP/s   %.1f (3 x forward FLOPs, %.1f MFLOP/token)\n", gflops, 3 * cost.total / 1e6);
-    printf("  sgemm GFLOP/s      %.1f (OpenBLAS 1024^3, same run)\n", peak);
-    printf("  fraction of sgemm  %.1f%%  (target >= 50%%)\n", 100 * gflops / peak);
+    printf("  sgemm GFLOP/s      %.1f (OpenBLAS 1024^3, best of probes between the steps)\n", peak);
+    printf("  sgemm at shapes    %.1f (the model's GEMMs, %ld rows, same threads)\n", shape_gflops, B * T);
+    printf("  fraction of sgemm  %.1f%% of the higher  (target >= 50%%); best step %.1f%%\n", 100 * gflops / ref,
+           100 * 3.0 * cost.total * tok / best / 1e9 / ref);
     double torch_tps = 0;
     if (torch) torch_tps = run_torch_peer(&c, threads, steps, B, T);
     if (torch_tps > 0)
@@ -132,9 +164,9 @@ int bench_train(int argc, char **argv) {
         printf("  PyTorch peer         not run (--torch); SPEC §4 figure 469 tok/s at 2 threads -> %.2fx\n", tps / 469.0);
     if (price > 0) printf("  cost               $%.4f per 1M tokens at $%.3f/h\n", price / (3600 * tps) * 1e6, price);
     printf("{\"bench\":\"train\",\"threads\":%d,\"params\":%zu,\"batch\":%ld,\"seq\":%ld,\"tokens_per_s\":%.1f,"
-           "\"gflops\":%.2f,\"sgemm_gflops\":%.2f,\"fraction_of_sgemm\":%.4f,\"step_s\":%.4f,"
-           "\"torch_tokens_per_s\":%.1f,\"ratio_vs_torch\":%.3f}\n",
-           threads, ds4_model_n_params(m), B, T, tps, gflops, peak, gflops / peak, mean, torch_tps,
+           "\"gflops\":%.2f,\"sgemm_gflops\":%.2f,\"sgemm_shapes_gflops\":%.2f,\"fraction_of_sgemm\":%.4f,"
+           "\"step_s\":%.4f,\"best_step_s\":%.4f,\"torch_tokens_per_s\":%.1f,\"ratio_vs_torch\":%.3f}\n",
+           threads, ds4_model_n_params(m), B, T, tps, gflops, peak, shape_gflops, gflops / ref, mean, best, torch_tps,
            torch_tps > 0 ? tps / torch_tps : 0.0);
     ds4_adamw_free(&opt);
     free(ids); free(grads);
