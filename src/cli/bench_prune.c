@@ -986,8 +986,11 @@ int bench_prune(int argc, char **argv) {
     memset(vs, 0, sizeof vs);
     int vocab = 0, rc, timing_pass = 0;
     double speed = 0;
+    /* each part's table reaches the output as soon as it is done (stdout to a file is buffered) */
     if (o.do_study && (rc = run_study(&o, &vocab, res, vs)) != 0) return rc;
+    fflush(stdout);
     if (o.do_timing && (rc = run_timing(&o, &timing_pass)) != 0) return rc;
+    fflush(stdout);
     if (o.do_attn && (rc = run_attn(&o, &speed)) != 0) return rc;
     printf("\nsummary (each a ratio measured in this run):\n");
     if (o.do_study && (o.runs & 1)) {
