@@ -342,7 +342,7 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     ds4_decode_scratch *S = kv->decode;
     if (S && (S->nth < nth || S->D != D || S->Q != c->num_attention_heads * c->head_dim ||
               S->KD != kv->kv_dim || S->F != c->intermediate_size || S->Dh != c->head_dim ||
-              S->L != L || (!S->moe && c->n_routed_experts > 0))) {
+              S->L != L || (!S->moe && c->n_routed_experts > 0 && c->first_k_dense_replace < L))) {
         ds4_decode_scratch_free(S);
         kv->decode = S = NULL;
     }

@@ -235,8 +235,12 @@ int ds4_forward_impl(const ds4_model *m, const ds4_batch *b, ds4_kv_cache *kv,
                      ds4_acts *acts, const int *out_rows, int n_out, float *logits) {
     const ds4_config *c = &m->cfg;
     if (check_batch(m, b, kv) != 0) return -1;
-    if (ds4_decode_supported(m, b, acts))     /* batch-1 decode: model/decode.c */
-        return ds4_decode_step(m, b->tokens[0], b->seq[0], kv, out_rows && n_out <= 0 ? NULL : logits);
+    if (ds4_decode_supported(m, b, acts)) {   /* batch-1 decode: model/decode.c */
+        if (ds4_decode_step(m, b->tokens[0], b->seq[0], kv, out_rows && n_out <= 0 ? NULL : logits)) return -1;
+        for (int j = 1; out_rows && j < n_out; j++)   /* the one row asked for again */
+            memcpy(logits + (size_t)j * c->vocab_size, logits, sizeof(float) * c->vocab_size);
+        return 0;
+    }
     const int n = b->n, D = c->hidden_size, H = c->num_attention_heads, K = c->num_key_value_heads;
     const int Dh = c->head_dim, Q = H * Dh, KD = K * Dh;
     const int Hi = c->index_n_heads, Di = c->index_head_dim, sk = ds4_indexer_sel_k(c);
