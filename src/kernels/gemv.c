@@ -59,8 +59,65 @@ static inline float gemv_row(const float *w, const float *x, int in) {
     return r;
 }
 
+/* Weight rows stream from memory once per token. The L2 stream prefetcher
+ * stops at 4 KiB pages, so each row block also prefetches GEMV_PF bytes ahead
+ * in all four streams (one line per stream per 64 bytes read). */
+#ifndef GEMV_PF
+#define GEMV_PF 4096
+#endif
+
+/* y[0..4) (+)= w[4 rows of in] . x: four independent streams and
+ * accumulator chains in flight (short rows make per-row overhead count). */
+static inline void gemv_block4(float *y, const float *x, const float *w0, int in, int acc) {
+    const float *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+    float r[4] = {0, 0, 0, 0};
+    int k = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+    __m256 b2 = _mm256_setzero_ps(), b3 = _mm256_setzero_ps();
+    for (; k + 16 <= in; k += 16) {
+        _mm_prefetch((const char *)(w0 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w2 + k) + GEMV_PF, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w3 + k) + GEMV_PF, _MM_HINT_T0);
+        const __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k + 8), xw, b0);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k + 8), xw, b1);
+        b2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k + 8), xw, b2);
+        b3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k + 8), xw, b3);
+    }
+    a0 = _mm256_add_ps(a0, b0); a1 = _mm256_add_ps(a1, b1);
+    a2 = _mm256_add_ps(a2, b2); a3 = _mm256_add_ps(a3, b3);
+    for (; k + 8 <= in; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + k), xv, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + k), xv, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + k), xv, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, a3);
+    }
+    r[0] = hsum256(a0); r[1] = hsum256(a1); r[2] = hsum256(a2); r[3] = hsum256(a3);
+#endif
+    for (; k < in; k++) {
+        r[0] += w0[k] * x[k]; r[1] += w1[k] * x[k]; r[2] += w2[k] * x[k]; r[3] += w3[k] * x[k];
+    }
+    for (int j = 0; j < 4; j++) y[j] = acc ? y[j] + r[j] : r[j];
+}
+
+/* Rows under 2 KiB: one row at a time; longer rows: blocks of four with
+ * prefetch (one core from DRAM, 384-float rows: 0.9-1.0 of a streaming read
+ * one row at a time vs 0.5-0.8 in blocks; 1024-float rows: 0.85-0.95 one at a
+ * time vs 1.0-1.05 in blocks). */
 void ds4_gemv_rows(float *y, const float *x, const float *w, int in, int rows, int acc) {
-    for (int o = 0; o < rows; o++) {
+    int o = 0;
+    if (in >= 512)
+        for (; o + 4 <= rows; o += 4) gemv_block4(y + o, x, w + (size_t)o * in, in, acc);
+    for (; o < rows; o++) {
         const float d = gemv_row(w + (size_t)o * in, x, in);
         y[o] = acc ? y[o] + d : d;
     }
