@@ -464,6 +464,10 @@ static int run_study(const moe_opts *o) {
         printf("\n  claims (SPEC 1.2): utilization >= 95%% with hierarchical routing + bias: %.1f%% %s",
                100 * res[RUN_HIER].st.util, res[RUN_HIER].st.util >= 0.95 ? "(met)" : "(NOT met)");
         if (done[RUN_PLAIN]) printf("; plain top-k about 70%%: %.1f%%", 100 * res[RUN_PLAIN].st.util);
+        if (done[RUN_PLAIN])
+            printf(";\n  with val loss no worse than (a): %.4f vs %.4f %s (one seed)",
+                   res[RUN_HIER].val_loss, res[RUN_PLAIN].val_loss,
+                   res[RUN_HIER].val_loss <= res[RUN_PLAIN].val_loss ? "(met)" : "(NOT met)");
         printf(";\n  55%% less communication than unrestricted top-k: %.1f%% (R=4), %.1f%% (R=8) %s\n",
                100 * (1 - ratio[0]), 100 * (1 - ratio[1]), 1 - ratio[1] >= 0.55 ? "(met)" : "(NOT met)");
         if (1 - ratio[1] < 0.55)
