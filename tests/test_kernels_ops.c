@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <omp.h>
 
 #include "kernels/kernels.h"
 #include "util/util.h"
@@ -119,6 +120,29 @@ static void test_matmul_backward_ex(void **state) {
     ds4_matmul_backward(dx, NULL, dy, x, w, n, in, out);
     for (size_t i = 0; i < (size_t)n * in; i++) check_close("ex dx acc", i, ex[i], dx[i], 1e-6, 1e-6);
     free(x); free(w); free(wide); free(dy); free(dx); free(dw); free(ex); free(ew); free(zx);
+    /* big enough for the two-thread path (dx and dw side by side): against double sums */
+    n = 64; in = 128; out = 256;
+    x = randv(&r, (size_t)n * in, 1); w = randv(&r, (size_t)out * in, 1); dy = randv(&r, (size_t)n * out, 1);
+    dx = randv(&r, (size_t)n * in, 1); dw = randv(&r, (size_t)out * in, 1);
+    ew = malloc((size_t)out * in * sizeof(float));
+    memcpy(ew, dw, (size_t)out * in * sizeof(float));
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(2);
+    ds4_matmul_backward_ex(dx, dw, dy, (size_t)out, x, w, n, in, out, 0);
+    omp_set_num_threads(saved);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < in; k++) {
+            double sx = 0;
+            for (int o = 0; o < out; o++) sx += (double)dy[i * out + o] * w[o * in + k];
+            check_close("2t dx", (size_t)i * in + k, dx[i * in + k], sx, 1e-4, 1e-5);
+        }
+    for (int o = 0; o < out; o++)
+        for (int k = 0; k < in; k++) {
+            double sw = ew[o * in + k];
+            for (int i = 0; i < n; i++) sw += (double)dy[i * out + o] * x[i * in + k];
+            check_close("2t dw", (size_t)o * in + k, dw[o * in + k], sw, 1e-4, 1e-5);
+        }
+    free(x); free(w); free(dy); free(dx); free(dw); free(ew);
 }
 
 /* ---- RMSNorm -------------------------------------------------------------- */

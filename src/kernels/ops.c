@@ -140,6 +140,25 @@ void ds4_matmul_backward_ex(float *dx, float *dw, const float *dy, size_t ldy, c
             for (int r = 0; r < n; r++) memset(dx + (size_t)r * in, 0, (size_t)in * sizeof(float));
         return;
     }
+    /* Two threads: the dx and dw products (equal FLOPs) run side by side,
+     * one single-threaded sgemm each, instead of one after the other with
+     * OpenBLAS splitting each across both threads: no synchronisation inside
+     * the products, which matters when the cores are shared. Deterministic:
+     * each product always runs on one thread. */
+    if (dx && dw && omp_get_max_threads() == 2 && !omp_in_parallel() &&
+        (double)n * in * out >= (double)(1 << 21)) {
+        #pragma omp parallel num_threads(2)
+        {
+            const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            if (t == 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out,
+                            1.0f, dy, (int)ldy, w, in, dx_acc ? 1.0f : 0.0f, dx, in);
+            if (t == 1 || nt == 1)     /* a team of one does both */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n,
+                            1.0f, dy, (int)ldy, x, in, 1.0f, dw, in);
+        }
+        return;
+    }
     if (dx) /* dx[n,in] (+)= dy[n,out] @ w[out,in] */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out,
                     1.0f, dy, (int)ldy, w, in, dx_acc ? 1.0f : 0.0f, dx, in);
