@@ -609,8 +609,13 @@ static int run_study(const prune_opts *o, int *vocab_out, run_result *res, val_s
             result_add(&res[r], &one, 1.0 / run_seeds(o, r), cfgs[r].num_hidden_layers);
         }
     const int have_dense = o->runs & 1;
-    for (int r = 0; r < N_RUNS; r++)
-        if (have_dense && (o->runs >> r & 1)) vs[r] = study_stats(o, r);
+    for (int r = 0; r < N_RUNS; r++) {
+        if (!(o->runs >> r & 1)) continue;
+        if (have_dense) { vs[r] = study_stats(o, r); continue; }
+        vs[r].n = run_seeds(o, r);                 /* no dense run: mean and sd only */
+        mean_sd(val_by_seed[r], vs[r].n, &vs[r].mean, &vs[r].sd);
+        vs[r].rel = vs[r].rel_se = vs[r].paired = vs[r].paired_se = vs[r].lo = vs[r].hi = NAN;
+    }
     const ds4_config *cf = &cfgs[N_RUNS - 1];
     printf("ds4 bench prune --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
     printf("  model: V %d, D %d, L %d, %d heads x %d, FFN %d, tied embeddings; %.2fM training tokens per run\n"
