@@ -30,6 +30,7 @@
 #define BK 64            /* keys per tile */
 #define RMAX 64          /* target rows (query x head) per tile */
 #define SPLIT_MIN 256    /* fewest keys worth a separate decode split */
+#define ATTN_PAR_MIN (1u << 18)   /* forward work (pairs x H x Dh) below which one thread runs it */
 #ifndef SCORE_DIRECT_MAX_ROWS
 #define SCORE_DIRECT_MAX_ROWS 8  /* up to this many rows: dot products, no transpose */
 #endif
@@ -398,6 +399,14 @@ void ds4_attention_forward(const ds4_attn *a, float *out, float *lse) {
     geom g;
     if (geom_init(&g, a) != 0) return;
     int nth = omp_get_max_threads();
+    /* A small problem (decode at short context) runs on the calling thread: a
+     * team costs more than it saves there, and on a busy machine a preempted
+     * member stalls the region for a whole time slice. */
+    if (nth > 1 && a->n_q <= 16) {
+        size_t work = 0;                         /* query-key pairs x heads x Dh */
+        for (int i = 0; i < a->n_q; i++) work += (size_t)(a->sel ? a->sel_k : g.hi[i] - g.lo[i]);
+        if (work * (size_t)g.H * (size_t)g.Dh < ATTN_PAR_MIN) nth = 1;
+    }
 
     /* Key splits: only when there are too few (row tile, kv head) jobs to keep
      * every thread busy, as in decode; each split gets >= SPLIT_MIN keys. */

@@ -123,10 +123,15 @@ void ds4_gemv_rows(float *y, const float *x, const float *w, int in, int rows, i
     }
 }
 
+/* Weights (floats) from which a product is split over threads: below it a
+ * team costs more than it saves, and on a busy machine a preempted member
+ * stalls the region for a whole time slice. */
+#define GEMV_PAR_MIN (1u << 18)
+
 /* n == 1: blocks of four rows split over threads. */
 static void gemv4(float *y, const float *x, const float *w, int in, int out, int acc) {
     const int nb = (out + 3) / 4;
-    #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
+    #pragma omp parallel for schedule(static) if ((size_t)out * in >= GEMV_PAR_MIN)
     for (int b = 0; b < nb; b++) {
         const int o = 4 * b;
         ds4_gemv_rows(y + o, x, w + (size_t)o * in, in, DS4_MIN(4, out - o), acc);
@@ -138,7 +143,7 @@ void ds4_matmul_small(float *y, const float *x, const float *w, int n, int in, i
     for (int j0 = 0; j0 < n; j0 += 4) {
         const int nb = n - j0 < 4 ? n - j0 : 4;
         const float *xb = x + (size_t)j0 * in;
-        #pragma omp parallel for schedule(static) if ((size_t)out * in > 32768)
+        #pragma omp parallel for schedule(static) if ((size_t)out * in >= GEMV_PAR_MIN)
         for (int o = 0; o < out; o++) {
             float d[4];
             row_dots(d, w + (size_t)o * in, xb, nb, in);
