@@ -19,28 +19,16 @@
 #include "model/forward.h"
 #include "model/quantized.h"
 #include "util/util.h"
-
-static char g_dir[128];
-
-static const char *tmp(const char *name) {
-    static char b[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(b[k], sizeof b[k], "%s/%s", g_dir, name);
-    return b[k];
-}
+#include "testutil.h"
 
 static int setup(void **s) {
     (void)s;
-    snprintf(g_dir, sizeof g_dir, "/tmp/ds4_test_lora_XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return tmpdir_make("lora");
 }
 
 static int teardown(void **s) {
     (void)s;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* One dense layer, one MoE layer (4 routed experts, top-2, one shared);
@@ -272,15 +260,15 @@ static void test_merge_matches_adapter(void **s) {
     ds4_lora *l = ds4_lora_create(base, 4, 8.0f, DS4_LORA_ALL, 32);
     assert_non_null(l);
     randomize_b(l, 33, 0.05f);
-    assert_int_equal(ds4_lora_save(l, tmp("ad")), 0);
+    assert_int_equal(ds4_lora_save(l, tmp_path("ad")), 0);
     assert_int_equal(ds4_lora_merge(merged, l), 0);
     ds4_lora_free(l);
-    ds4_lora *l1 = ds4_lora_load(adapted, tmp("ad")), *l2 = ds4_lora_load(q8, tmp("ad"));
+    ds4_lora *l1 = ds4_lora_load(adapted, tmp_path("ad")), *l2 = ds4_lora_load(q8, tmp_path("ad"));
     assert_non_null(l1);
     assert_non_null(l2);
     assert_int_equal(ds4_lora_attach(adapted, l1), 0);
     assert_int_equal(ds4_lora_attach(q8, l2), 0);
-    ds4_lora *again = ds4_lora_load(adapted, tmp("ad"));
+    ds4_lora *again = ds4_lora_load(adapted, tmp_path("ad"));
     assert_int_equal(ds4_lora_attach(adapted, again), -1);       /* one adapter per model */
     ds4_lora_free(again);
 
@@ -341,8 +329,8 @@ static void test_save_load_round_trip(void **s) {
     assert_non_null(l);
     randomize_b(l, 3, 0.1f);
     snprintf(l->base_model, sizeof l->base_model, "some/base");
-    assert_int_equal(ds4_lora_save(l, tmp("rt")), 0);
-    ds4_lora *r = ds4_lora_load(m, tmp("rt"));
+    assert_int_equal(ds4_lora_save(l, tmp_path("rt")), 0);
+    ds4_lora *r = ds4_lora_load(m, tmp_path("rt"));
     assert_non_null(r);
     assert_int_equal(r->rank, 5);
     assert_true(r->alpha == 7.0f && r->scale == 7.0f / 5.0f);
@@ -352,7 +340,7 @@ static void test_save_load_round_trip(void **s) {
     assert_int_equal(r->layout.n_floats, l->layout.n_floats);
     for (int k = 0; k < l->n; k++) assert_int_equal(r->base[k], l->base[k]);
     assert_memory_equal(r->params, l->params, l->layout.n_floats * sizeof(float));
-    ds4_lora *u = ds4_lora_load(NULL, tmp("rt"));      /* no base: read, not checked */
+    ds4_lora *u = ds4_lora_load(NULL, tmp_path("rt"));      /* no base: read, not checked */
     assert_non_null(u);
     assert_int_equal(u->n, l->n);
     ds4_lora_free(u);
@@ -360,7 +348,7 @@ static void test_save_load_round_trip(void **s) {
     /* PEFT names and shapes, and the config fields PEFT reads */
     ds4_safetensors st;
     char p[300];
-    snprintf(p, sizeof p, "%s/adapter_model.safetensors", tmp("rt"));
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", tmp_path("rt"));
     assert_int_equal(ds4_st_open(&st, p), 0);
     const ds4_st_tensor *A = ds4_st_find(&st, "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight");
     const ds4_st_tensor *B = ds4_st_find(&st, "base_model.model.model.layers.1.mlp.experts.2.up_proj.lora_B.weight");
@@ -373,7 +361,7 @@ static void test_save_load_round_trip(void **s) {
     assert_int_equal(st.n_tensors, 2 * l->n);
     ds4_st_close(&st);
     char *txt;
-    snprintf(p, sizeof p, "%s/adapter_config.json", tmp("rt"));
+    snprintf(p, sizeof p, "%s/adapter_config.json", tmp_path("rt"));
     assert_int_equal(ds4_read_file(p, &txt, NULL), 0);
     cJSON *j = cJSON_Parse(txt);
     free(txt);
@@ -450,52 +438,52 @@ static void test_malformed_adapters(void **s) {
     ds4_model *m = tiny_model(61);
     ds4_lora *l = ds4_lora_create(m, 2, 4.0f, DS4_LORA_Q | DS4_LORA_DOWN, 1);
     assert_non_null(l);
-    assert_int_equal(ds4_lora_save(l, tmp("good")), 0);
+    assert_int_equal(ds4_lora_save(l, tmp_path("good")), 0);
     ds4_lora_free(l);
     const char *qa = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
     const char *qb = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
     char p[300];
 
     /* wrong shapes: A's input width, B's output rows, a rank other than r */
-    rewrite(tmp("good"), tmp("shapeA"), NULL, qa, 2, 65, NULL);
-    expect_error(m, tmp("shapeA"), qa, "must be [2, 64]");
-    rewrite(tmp("good"), tmp("shapeB"), NULL, qb, 63, 2, NULL);
-    expect_error(m, tmp("shapeB"), qb, "must be [64, 2]");
-    rewrite(tmp("good"), tmp("rank"), NULL, qa, 3, 64, NULL);
-    expect_error(m, tmp("rank"), qa, "r = 2");
+    rewrite(tmp_path("good"), tmp_path("shapeA"), NULL, qa, 2, 65, NULL);
+    expect_error(m, tmp_path("shapeA"), qa, "must be [2, 64]");
+    rewrite(tmp_path("good"), tmp_path("shapeB"), NULL, qb, 63, 2, NULL);
+    expect_error(m, tmp_path("shapeB"), qb, "must be [64, 2]");
+    rewrite(tmp_path("good"), tmp_path("rank"), NULL, qa, 3, 64, NULL);
+    expect_error(m, tmp_path("rank"), qa, "r = 2");
     /* a missing partner, a name that is not LoRA, a module the base lacks */
-    rewrite(tmp("good"), tmp("missing"), qb, NULL, 0, 0, NULL);
-    expect_error(m, tmp("missing"), "missing", qb);
-    rewrite(tmp("good"), tmp("odd"), NULL, NULL, 0, 0, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude");
-    expect_error(m, tmp("odd"), "lora_magnitude", "not a LoRA weight");
-    rewrite(tmp("good"), tmp("extra"), NULL, NULL, 0, 0, "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight");
-    expect_error(m, tmp("extra"), "layers.7", NULL);
+    rewrite(tmp_path("good"), tmp_path("missing"), qb, NULL, 0, 0, NULL);
+    expect_error(m, tmp_path("missing"), "missing", qb);
+    rewrite(tmp_path("good"), tmp_path("odd"), NULL, NULL, 0, 0, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude");
+    expect_error(m, tmp_path("odd"), "lora_magnitude", "not a LoRA weight");
+    rewrite(tmp_path("good"), tmp_path("extra"), NULL, NULL, 0, 0, "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight");
+    expect_error(m, tmp_path("extra"), "layers.7", NULL);
     /* truncated safetensors */
-    rewrite(tmp("good"), tmp("trunc"), NULL, NULL, 0, 0, NULL);
-    snprintf(p, sizeof p, "%s/adapter_model.safetensors", tmp("trunc"));
+    rewrite(tmp_path("good"), tmp_path("trunc"), NULL, NULL, 0, 0, NULL);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", tmp_path("trunc"));
     assert_int_equal(truncate(p, 200), 0);
-    expect_error(m, tmp("trunc"), "adapter_model.safetensors", NULL);
+    expect_error(m, tmp_path("trunc"), "adapter_model.safetensors", NULL);
     /* config: bad JSON, wrong peft_type, missing r, fan_in_fan_out, missing file */
-    rewrite(tmp("good"), tmp("json"), NULL, NULL, 0, 0, NULL);
-    snprintf(p, sizeof p, "%s/adapter_config.json", tmp("json"));
+    rewrite(tmp_path("good"), tmp_path("json"), NULL, NULL, 0, 0, NULL);
+    snprintf(p, sizeof p, "%s/adapter_config.json", tmp_path("json"));
     write_text(p, "{\"peft_type\": \"LORA\", \"r\": 2,");
-    expect_error(m, tmp("json"), "adapter_config.json", "not a valid JSON");
+    expect_error(m, tmp_path("json"), "adapter_config.json", "not a valid JSON");
     write_text(p, "{\"peft_type\": \"IA3\", \"r\": 2, \"lora_alpha\": 4}");
-    expect_error(m, tmp("json"), "adapter_config.json", "peft_type");
+    expect_error(m, tmp_path("json"), "adapter_config.json", "peft_type");
     write_text(p, "{\"peft_type\": \"LORA\", \"lora_alpha\": 4}");
-    expect_error(m, tmp("json"), "adapter_config.json", "'r'");
+    expect_error(m, tmp_path("json"), "adapter_config.json", "'r'");
     write_text(p, "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"fan_in_fan_out\": true}");
-    expect_error(m, tmp("json"), "fan_in_fan_out", NULL);
+    expect_error(m, tmp_path("json"), "fan_in_fan_out", NULL);
     remove(p);
-    expect_error(m, tmp("json"), "no adapter_config.json", NULL);
+    expect_error(m, tmp_path("json"), "no adapter_config.json", NULL);
     /* an adapter for another model: shapes checked at attach too */
     ds4_config c;
     tiny_cfg(&c);
     c.hidden_size = 96;
     ds4_model *other = ds4_model_create(&c, 1);
     assert_non_null(other);
-    expect_error(other, tmp("good"), qa, "must be [2, 96]");
-    ds4_lora *u = ds4_lora_load(NULL, tmp("good"));
+    expect_error(other, tmp_path("good"), qa, "must be [2, 96]");
+    ds4_lora *u = ds4_lora_load(NULL, tmp_path("good"));
     assert_non_null(u);
     assert_int_equal(ds4_lora_attach(other, u), -1);
     assert_non_null(strstr(ds4_error(), qa));

@@ -20,29 +20,18 @@
 #include "model/linear.h"
 #include "model/quantized.h"
 #include "util/util.h"
+#include "testutil.h"
 
-static char g_dir[128];
 static float g_scale = 1.0f;   /* weights = init x g_scale */
-
-static const char *tmp(const char *name) {
-    static char b[4][256];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(b[k], sizeof b[k], "%s/%s", g_dir, name);
-    return b[k];
-}
 
 static int setup(void **s) {
     (void)s;
-    snprintf(g_dir, sizeof g_dir, "/tmp/ds4_test_mquant_XXXXXX");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return tmpdir_make("mquant");
 }
 
 static int teardown(void **s) {
     (void)s;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* Dense: D 256, FFN 320 (down_proj has 320 inputs: Q4_K must fall back). */
@@ -102,7 +91,7 @@ static void test_dir_roundtrip(void **s) {
         assert_int_equal(m->quant->t[di].type, qt == DS4_Q_Q4_K ? DS4_Q_Q8_0 : qt);   /* 320 % 256 != 0 */
         assert_int_equal(m->quant->t[ei].type, DS4_Q_F32);
         assert_int_equal(m->quant->t[li].type, qt == DS4_Q_Q8_0 ? DS4_Q_Q8_0 : DS4_Q_Q8_0);
-        const char *dir = tmp(ds4_q_type_name((ds4_qtype)qt));
+        const char *dir = tmp_path(ds4_q_type_name((ds4_qtype)qt));
         assert_int_equal(ds4_model_save(m, dir), 0);
         ds4_model *l = ds4_model_load(dir);
         if (!l) fail_msg("%s", ds4_error());
@@ -217,9 +206,9 @@ static void test_logits_close(void **s) {
                     assert_int_equal(ds4_q_dequantize((ds4_qtype)q->quant->t[i].type, q->quant->t[i].data,
                                                       d->params + t->offset, (int)t->shape[0], (int)t->shape[1]), 0);
             }
-            assert_int_equal(ds4_model_save(q, tmp("lg")), 0);
+            assert_int_equal(ds4_model_save(q, tmp_path("lg")), 0);
             ds4_model_free(q);
-            q = ds4_model_load(tmp("lg"));
+            q = ds4_model_load(tmp_path("lg"));
             assert_non_null(q);
             assert_int_equal(ds4_forward_logits(q, ids, T, lq), 0);
             assert_int_equal(ds4_forward_logits(d, ids, T, ld), 0);
@@ -245,11 +234,11 @@ static void test_gguf_llama(void **s) {
     const char *why;
     assert_int_equal(ds4_gguf_llama_compatible(&m->cfg, &why), 1);
     const char *arch;
-    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp("d.gguf"), &arch), 0);
+    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp_path("d.gguf"), &arch), 0);
     assert_string_equal(arch, "llama");
     /* by hand: llama.cpp's interleaved RoPE order puts HF row Dh/2 of head 0 at row 1 */
     ds4_gguf g;
-    assert_int_equal(ds4_gguf_open(&g, tmp("d.gguf")), 0);
+    assert_int_equal(ds4_gguf_open(&g, tmp_path("d.gguf")), 0);
     const ds4_gguf_tensor *q = ds4_gguf_find_tensor(&g, "blk.0.attn_q.weight");
     const ds4_gguf_tensor *k = ds4_gguf_find_tensor(&g, "blk.1.attn_k.weight");
     assert_non_null(q);
@@ -270,15 +259,15 @@ static void test_gguf_llama(void **s) {
     assert_non_null(ds4_gguf_find_tensor(&g, "output.weight"));
     assert_non_null(ds4_gguf_find_tensor(&g, "blk.1.ffn_down.weight"));
     ds4_gguf_close(&g);
-    ds4_model *l = ds4_model_load(tmp("d.gguf"));
+    ds4_model *l = ds4_model_load(tmp_path("d.gguf"));
     if (!l) fail_msg("%s", ds4_error());
     assert_null(l->quant);
     assert_memory_equal(l->params, m->params, m->layout.n_floats * 4);
     ds4_model_free(l);
     /* quantized: blocks survive (q/k rows permuted there and back) */
     assert_int_equal(ds4_model_quantize(m, DS4_Q_Q4_0), 0);
-    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp("q.gguf"), &arch), 0);
-    l = ds4_model_load(tmp("q.gguf"));
+    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp_path("q.gguf"), &arch), 0);
+    l = ds4_model_load(tmp_path("q.gguf"));
     if (!l) fail_msg("%s", ds4_error());
     for (int i = 0; i < m->layout.n_tensors; i++) {
         const ds4_tensor_info *t = &m->layout.tensors[i];
@@ -297,10 +286,10 @@ static void test_gguf_moe(void **s) {
     assert_int_equal(ds4_gguf_llama_compatible(&m->cfg, &why), 0);
     assert_non_null(strstr(why, "MoE"));
     assert_int_equal(ds4_model_quantize(m, DS4_Q_Q8_0), 0);
-    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp("m.gguf"), &arch), 0);
+    assert_int_equal(ds4_model_export_gguf(m, NULL, tmp_path("m.gguf"), &arch), 0);
     assert_string_equal(arch, "ds4");
     ds4_gguf g;
-    assert_int_equal(ds4_gguf_open(&g, tmp("m.gguf")), 0);
+    assert_int_equal(ds4_gguf_open(&g, tmp_path("m.gguf")), 0);
     const ds4_gguf_tensor *ex = ds4_gguf_find_tensor(&g, "blk.1.ffn_up_exps.weight");
     assert_non_null(ex);
     assert_int_equal(ex->ndim, 3);
@@ -315,7 +304,7 @@ static void test_gguf_moe(void **s) {
     assert_int_equal(ds4_gguf_get_i64(&g, "ds4.expert_group_count", &v), 0);
     assert_int_equal(v, 2);
     ds4_gguf_close(&g);
-    ds4_model *l = ds4_model_load(tmp("m.gguf"));
+    ds4_model *l = ds4_model_load(tmp_path("m.gguf"));
     if (!l) fail_msg("%s", ds4_error());
     assert_int_equal(l->cfg.topk_per_group, 2);
     assert_int_equal(l->cfg.n_prune_layers, 1);
@@ -342,9 +331,9 @@ static void test_gguf_tokenizer(void **s) {
     c.head_dim = 32;
     c.intermediate_size = 64;
     ds4_model *m = ds4_model_create(&c, 6);
-    assert_int_equal(ds4_model_export_gguf(m, tok, tmp("t.gguf"), NULL), 0);
+    assert_int_equal(ds4_model_export_gguf(m, tok, tmp_path("t.gguf"), NULL), 0);
     ds4_gguf g;
-    assert_int_equal(ds4_gguf_open(&g, tmp("t.gguf")), 0);
+    assert_int_equal(ds4_gguf_open(&g, tmp_path("t.gguf")), 0);
     char *model;
     assert_int_equal(ds4_gguf_get_str(&g, "tokenizer.ggml.model", &model), 0);
     assert_string_equal(model, "gpt2");
@@ -366,7 +355,7 @@ static void test_gguf_tokenizer(void **s) {
     ds4_gguf_close(&g);
     ds4_model *l;
     ds4_tokenizer *t2;
-    if (ds4_model_open_gguf(tmp("t.gguf"), &l, &t2)) fail_msg("%s", ds4_error());
+    if (ds4_model_open_gguf(tmp_path("t.gguf"), &l, &t2)) fail_msg("%s", ds4_error());
     assert_int_equal(ds4_tokenizer_vocab_size(t2), ds4_tokenizer_vocab_size(tok));
     const char *text = "The quick brown fox, naïvely 1234 — jumped!\n  <|eos|> over";
     int *i1, *i2;
@@ -389,7 +378,7 @@ static void test_bad_quant_dir(void **s) {
     (void)s;
     ds4_model *m = make(dense_cfg, 7);
     assert_int_equal(ds4_model_quantize(m, DS4_Q_Q8_0), 0);
-    const char *dir = tmp("bad");
+    const char *dir = tmp_path("bad");
     assert_int_equal(ds4_model_save(m, dir), 0);
     int n = m->layout.n_tensors;
     ds4_st_entry *e = calloc((size_t)n, sizeof *e);

@@ -155,13 +155,6 @@ static double val_loss(ds4_lora_ft *f, const int *val, size_t nval, long batches
     return sum / nb;
 }
 
-static void fmt_eta(char *b, size_t n, double s) {
-    if (s < 0 || !isfinite(s)) s = 0;
-    long t = (long)s;
-    if (t >= 3600) snprintf(b, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else snprintf(b, n, "%ldm%02lds", t / 60, t % 60);
-}
-
 int ds4_finetune_run(const ds4_finetune_opts *o_in) {
     ds4_finetune_opts o = *o_in;
     if (o.warmup < 0) o.warmup = o.steps / 20;
@@ -248,7 +241,7 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
         fprintf(log, "}\n");
         fflush(log);
         char eta[32];
-        fmt_eta(eta, sizeof eta, (o.steps - step) * tokens_per_step / tps);
+        ds4_fmt_eta(eta, sizeof eta, (o.steps - step) * tokens_per_step / tps);
         if (tty || !isnan(vl) || last || step % 50 == 0 || step == 1) {
             fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s",
                     tty ? "\r\033[K" : "", step, o.steps, loss, lr, tps, eta);

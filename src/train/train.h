@@ -47,6 +47,8 @@ void  ds4_adamw_free(ds4_adamw *o);
 /* One update of the trainable tensors with lr; grads unchanged. */
 void  ds4_adamw_step(ds4_adamw *o, ds4_model *m, const float *grads, float lr);
 float ds4_lr_schedule(long step, long total, long warmup, float lr, float min_frac);
+/* Seconds as "1h02m" / "3m07s" for progress lines (negative or NaN: 0). */
+void  ds4_fmt_eta(char *buf, size_t n, double seconds);
 /* Scale grads so their global L2 norm is at most max_norm (0: no clip).
  * Returns the norm before clipping. */
 float ds4_clip_grad_norm(const ds4_model *m, float *grads, float max_norm);

@@ -222,7 +222,7 @@ static double val_loss(ds4_train_ctx *ctx, const ds4_model *m, const int *val, s
 
 /* ---- the loop ----------------------------------------------------------- */
 
-static void fmt_eta(char *b, size_t n, double s) {
+void ds4_fmt_eta(char *b, size_t n, double s) {
     if (s < 0 || !isfinite(s)) s = 0;
     long t = (long)s;
     if (t >= 3600) snprintf(b, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
@@ -337,7 +337,7 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         fprintf(log, "}\n");
         fflush(log);
         char eta[32];
-        fmt_eta(eta, sizeof eta, (o.steps - rs.step) * tokens_per_step / tps);
+        ds4_fmt_eta(eta, sizeof eta, (o.steps - rs.step) * tokens_per_step / tps);
         if (tty || !isnan(vl) || last || rs.step % 50 == 0 || rs.step == first + 1) {
             fprintf(stderr, "%sstep %ld/%ld | loss %.4f | lr %.2e | %.0f tok/s | ETA %s",
                     tty ? "\r\033[K" : "", rs.step, o.steps, loss, lr, tps, eta);
