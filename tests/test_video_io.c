@@ -387,6 +387,59 @@ static void test_metrics(void **state) {
     free(b);
 }
 
+/* The split figures: by scene (a clip with any water pixel vs none) and by the
+ * original pixel's palette colour, against sums over the same pixels here. */
+static void test_metrics_split(void **state) {
+    (void)state;
+    const int T = 4, H = 64, W = 64;
+    size_t fb = (size_t)H * W * 3;
+    uint8_t *a = malloc(T * fb), *b = malloc(T * fb);
+    for (int t = 0; t < T; t++) {
+        for (size_t p = 0; p < (size_t)H * W; p++) {
+            memcpy(a + t * fb + 3 * p, ds4_world_palette[DS4_WC_BACKGROUND], 3);
+            memcpy(b + t * fb + 3 * p, ds4_world_palette[DS4_WC_BACKGROUND], 3);
+        }
+        draw_ball(a + t * fb, W, H, 20 + 3 * t, 30, 4.3, DS4_WC_RED);
+        draw_ball(b + t * fb, W, H, 21 + 3 * t, 30, 4.3, DS4_WC_RED);
+    }
+    a[5] = 99;   /* one pixel of no palette colour: counted overall, in no class */
+    ds4_vtok_eval_stats dry = {0}, wet = {0};
+    assert_int_equal(ds4_vtok_eval_compare(a, b, T, H, W, &dry), 0);
+    assert_int_equal(dry.n_clips_water, 0);
+    assert_true(isnan(ds4_vtok_eval_psnr_scenes(&dry, 1)));
+    assert_float_equal(ds4_vtok_eval_psnr_scenes(&dry, 0), ds4_vtok_eval_psnr(&dry), 1e-9);
+    double se[DS4_WC_COUNT] = {0}, n[DS4_WC_COUNT] = {0};
+    for (size_t i = 0; i < T * fb; i += 3) {
+        int k = -1;
+        for (int c = 0; c < DS4_WC_COUNT && k < 0; c++)
+            if (!memcmp(a + i, ds4_world_palette[c], 3)) k = c;
+        if (k < 0) continue;
+        for (int c = 0; c < 3; c++) se[k] += ((double)a[i + c] - b[i + c]) * ((double)a[i + c] - b[i + c]);
+        n[k] += 3;
+    }
+    assert_true(se[DS4_WC_RED] > 0 && se[DS4_WC_BACKGROUND] > 0);
+    assert_float_equal(n[DS4_WC_BACKGROUND] + n[DS4_WC_RED], T * fb - 3, 0);
+    for (int k = 0; k < DS4_WC_COUNT; k++) {
+        assert_float_equal(dry.class_n_values[k], n[k], 0);
+        if (n[k] == 0) assert_true(isnan(ds4_vtok_eval_psnr_class(&dry, k)));
+        else assert_float_equal(ds4_vtok_eval_psnr_class(&dry, k), 10 * log10(255.0 * 255.0 * n[k] / se[k]), 1e-9);
+    }
+    /* one water pixel in the original makes it a water scene */
+    memcpy(a + fb + 3 * (40 * W + 40), ds4_world_palette[DS4_WC_WATER], 3);
+    assert_int_equal(ds4_vtok_eval_compare(a, b, T, H, W, &wet), 0);
+    assert_int_equal(wet.n_clips_water, 1);
+    assert_float_equal(ds4_vtok_eval_psnr_scenes(&wet, 1), ds4_vtok_eval_psnr(&wet), 1e-9);
+    assert_true(isnan(ds4_vtok_eval_psnr_scenes(&wet, 0)));
+    assert_float_equal(wet.class_n_values[DS4_WC_WATER], 3, 0);
+    /* pooled: each group keeps its own figure */
+    ds4_vtok_eval_merge(&wet, &dry);
+    assert_float_equal(ds4_vtok_eval_psnr_scenes(&wet, 0), ds4_vtok_eval_psnr(&dry), 1e-9);
+    assert_int_equal(wet.n_clips_water, 1);
+    assert_float_equal(wet.class_n_values[DS4_WC_RED], 2 * n[DS4_WC_RED], 0);
+    free(a);
+    free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_round_trip),
@@ -396,6 +449,7 @@ int main(void) {
         cmocka_unit_test(test_codes_file),
         cmocka_unit_test(test_gif_read),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_metrics_split),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

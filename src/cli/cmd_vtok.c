@@ -313,8 +313,9 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
                 rc = -1;
                 break;
             }
-            printf("  clip %4d seed %-8llu psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
-                   done, (unsigned long long)sh->seeds[k], ds4_vtok_eval_psnr(&one),
+            printf("  clip %4d seed %-8llu %s psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
+                   done, (unsigned long long)sh->seeds[k], one.n_clips_water ? "water" : "     ",
+                   ds4_vtok_eval_psnr(&one),
                    ds4_vtok_eval_centroid(&one), one.cent_max, one.n_matched, one.n_missed);
             ds4_vtok_eval_merge(st, &one);
         }
@@ -376,6 +377,15 @@ static int vtok_eval(int argc, char **argv) {
     printf("video tokenizer %s on %s/%s: %d clips, %ld frames\n", model, data, split, st.n_clips, st.n_frames);
     printf("  PSNR (pooled MSE)       %7.2f dB\n", psnr);
     printf("  PSNR (mean per clip)    %7.2f dB\n", mean_psnr);
+    double psnr_dry = ds4_vtok_eval_psnr_scenes(&st, 0), psnr_wet = ds4_vtok_eval_psnr_scenes(&st, 1);
+    printf("  PSNR balls-only scenes  %7.2f dB (%d clips)\n", psnr_dry, st.n_clips - st.n_clips_water);
+    printf("  PSNR water scenes       %7.2f dB (%d clips)\n", psnr_wet, st.n_clips_water);
+    printf("  PSNR by true colour    ");
+    for (int k = 0; k < DS4_VTOK_EVAL_CLASSES; k++)
+        if (st.class_n_values[k] > 0)
+            printf(" %s %.1f (%.1f%%)", ds4_world_color_name(k), ds4_vtok_eval_psnr_class(&st, k),
+                   100.0 * st.class_n_values[k] / st.n_values);
+    printf("\n");
     double p50 = ds4_vtok_eval_centroid_quantile(&st, 0.5), p95 = ds4_vtok_eval_centroid_quantile(&st, 0.95);
     printf("  centroid error          %7.3f px mean, median <= %.2f, p95 <= %.2f, max %.3f over %ld ball-frames\n",
            cent, p50, p95, st.cent_max, st.n_matched);
@@ -386,9 +396,10 @@ static int vtok_eval(int argc, char **argv) {
     char line[1024];
     snprintf(line, sizeof line,
              "{\"bench\":\"vtok_eval\",\"model\":\"%s\",\"split\":\"%s\",\"clips\":%d,\"frames\":%ld,"
-             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"centroid_err_px\":%.5f,\"centroid_p50_px\":%.2f,\"centroid_p95_px\":%.2f,\"centroid_max_px\":%.4f,"
+             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"psnr_balls_only_db\":%.4f,\"psnr_water_db\":%.4f,\"water_clips\":%d,\"centroid_err_px\":%.5f,\"centroid_p50_px\":%.2f,\"centroid_p95_px\":%.2f,\"centroid_max_px\":%.4f,"
              "\"ball_frames\":%ld,\"missed\":%ld,\"spurious\":%ld,\"ms_per_clip\":%.2f,\"n_codes\":%d,\"sharp\":%d}",
-             model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(cent) ? -1.0 : cent,
+             model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(psnr_dry) ? -1.0 : psnr_dry,
+             isnan(psnr_wet) ? -1.0 : psnr_wet, st.n_clips_water, isnan(cent) ? -1.0 : cent,
              isnan(p50) ? -1.0 : p50, isnan(p95) ? -1.0 : p95, st.cent_max,
              st.n_matched, st.n_missed, st.n_spurious, ms, ds4_vtok_n_codes(m), sharp);
     printf("%s\n", line);

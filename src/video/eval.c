@@ -29,16 +29,41 @@ static int find_balls(const uint8_t *rgb, int H, int W, int found[N_BALL_COLORS]
     return 0;
 }
 
+/* Palette index of a pixel of exactly a palette colour, else -1. */
+static int pixel_class(const uint8_t *px) {
+    for (int k = 0; k < DS4_WC_COUNT; k++)
+        if (px[0] == ds4_world_palette[k][0] && px[1] == ds4_world_palette[k][1] &&
+            px[2] == ds4_world_palette[k][2])
+            return k;
+    return -1;
+}
+
 int ds4_vtok_eval_compare(const uint8_t *a, const uint8_t *b, int T, int H, int W,
                           ds4_vtok_eval_stats *st) {
     const size_t frame = (size_t)H * W * 3, nv = frame * T;
     double se = 0;
-    for (size_t i = 0; i < nv; i++) {
-        double d = (double)a[i] - b[i];
-        se += d * d;
+    int water = 0;
+    for (size_t i = 0; i < nv; i += 3) {
+        int k = pixel_class(a + i);
+        double px = 0;
+        for (int c = 0; c < 3; c++) {
+            double d = (double)a[i + c] - b[i + c];
+            px += d * d;
+        }
+        se += px;
+        if (k >= 0) {
+            st->class_sq_err[k] += px;
+            st->class_n_values[k] += 3;
+            water |= k == DS4_WC_WATER;
+        }
     }
     st->sq_err += se;
     st->n_values += (double)nv;
+    if (water) {
+        st->sq_err_water += se;
+        st->n_values_water += (double)nv;
+        st->n_clips_water++;
+    }
     double mse = se / (double)nv;
     st->psnr_sum += mse > 0 ? 10.0 * log10(255.0 * 255.0 / mse) : 100.0;
     st->n_clips++;
@@ -125,6 +150,21 @@ double ds4_vtok_eval_psnr(const ds4_vtok_eval_stats *st) {
     return mse > 0 ? 10.0 * log10(255.0 * 255.0 / mse) : 100.0;
 }
 
+static double psnr_of(double se, double n) {
+    if (n <= 0) return NAN;
+    return se > 0 ? 10.0 * log10(255.0 * 255.0 * n / se) : 100.0;
+}
+
+double ds4_vtok_eval_psnr_scenes(const ds4_vtok_eval_stats *st, int water) {
+    return water ? psnr_of(st->sq_err_water, st->n_values_water)
+                 : psnr_of(st->sq_err - st->sq_err_water, st->n_values - st->n_values_water);
+}
+
+double ds4_vtok_eval_psnr_class(const ds4_vtok_eval_stats *st, int k) {
+    if (k < 0 || k >= DS4_VTOK_EVAL_CLASSES) return NAN;
+    return psnr_of(st->class_sq_err[k], st->class_n_values[k]);
+}
+
 double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st) {
     return st->n_matched > 0 ? st->cent_sum / (double)st->n_matched : NAN;
 }
@@ -154,4 +194,11 @@ void ds4_vtok_eval_merge(ds4_vtok_eval_stats *a, const ds4_vtok_eval_stats *b) {
     a->enc_s += b->enc_s;
     a->dec_s += b->dec_s;
     a->n_frames += b->n_frames;
+    a->sq_err_water += b->sq_err_water;
+    a->n_values_water += b->n_values_water;
+    a->n_clips_water += b->n_clips_water;
+    for (int k = 0; k < DS4_VTOK_EVAL_CLASSES; k++) {
+        a->class_sq_err[k] += b->class_sq_err[k];
+        a->class_n_values[k] += b->class_n_values[k];
+    }
 }

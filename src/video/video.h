@@ -259,6 +259,7 @@ void ds4_vtok_adamw_step(ds4_vtok_adamw *o, ds4_vtok *m, const float *grads, flo
 #define DS4_VTOK_EVAL_MIN_AREA 3
 #define DS4_VTOK_CENT_BIN      0.05   /* px per histogram bin of centroid errors */
 #define DS4_VTOK_CENT_BINS     512    /* the last bin holds everything >= 25.55 px */
+#define DS4_VTOK_EVAL_CLASSES  7      /* palette colours (DS4_WC_COUNT) */
 
 typedef struct ds4_vtok_eval_stats {
     double sq_err;          /* sum of squared errors over RGB8 values */
@@ -270,6 +271,14 @@ typedef struct ds4_vtok_eval_stats {
     long   n_matched, n_missed, n_spurious;
     double enc_s, dec_s;    /* time spent */
     long   n_frames;
+    /* split by scene: clips whose original shows any water pixel (the exact
+     * palette colour) vs clips without water */
+    double sq_err_water, n_values_water;
+    int    n_clips_water;
+    /* split by pixel: squared error and value count over pixels whose original
+     * is exactly palette colour k (world.h order; antialiased or foreign colours
+     * count nowhere) */
+    double class_sq_err[DS4_VTOK_EVAL_CLASSES], class_n_values[DS4_VTOK_EVAL_CLASSES];
 } ds4_vtok_eval_stats;
 
 /* Round trip one clip rgb [T][H][W][3] (px_per_m for extraction; <= 0 means
@@ -283,6 +292,10 @@ int ds4_vtok_eval_compare(const uint8_t *a, const uint8_t *b, int T, int H, int 
 int ds4_vtok_eval_dir(const ds4_vtok *m, const char *dir, const char *split, int max_clips,
                       ds4_vtok_eval_stats *st);
 double ds4_vtok_eval_psnr(const ds4_vtok_eval_stats *st);       /* from the pooled MSE */
+/* PSNR over the clips with water (water = 1) or without (0); NAN if none. */
+double ds4_vtok_eval_psnr_scenes(const ds4_vtok_eval_stats *st, int water);
+/* PSNR over the pixels whose original is palette colour k; NAN if none. */
+double ds4_vtok_eval_psnr_class(const ds4_vtok_eval_stats *st, int k);
 double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st);   /* mean px, NAN if none */
 /* Quantile q in [0, 1] of the centroid errors, to DS4_VTOK_CENT_BIN (the upper
  * edge of its bin); NAN if none. */
