@@ -440,6 +440,45 @@ static void test_metrics_split(void **state) {
     free(b);
 }
 
+/* The water-blur reference: only 4x4 blocks that show water in some frame of a
+ * tubelet change, each pixel to its (rounded) mean over the tubelet's frames;
+ * a short last tubelet averages the frames it has. */
+static void test_water_blur(void **state) {
+    (void)state;
+    const int T = 6, H = 8, W = 8, tub = 4;
+    const size_t fb = (size_t)H * W * 3;
+    uint8_t *a = malloc(T * fb), *o = malloc(T * fb);
+    for (size_t i = 0; i < T * fb; i++) a[i] = (uint8_t)(i * 7 % 251);
+    /* water in frame 2, pixel (1, 5): block (0, 4) of tubelet 0; frame 5 pixel
+     * (6, 2): block (4, 0) of the short tubelet 1 */
+    memcpy(a + 2 * fb + (1 * W + 5) * 3, ds4_world_palette[DS4_WC_WATER], 3);
+    memcpy(a + 5 * fb + (6 * W + 2) * 3, ds4_world_palette[DS4_WC_WATER], 3);
+    assert_int_equal(ds4_vtok_water_blur(a, T, H, W, tub, 4, o), 0);
+    for (int t = 0; t < T; t++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                for (int c = 0; c < 3; c++) {
+                    size_t i = (size_t)t * fb + ((size_t)y * W + x) * 3 + c;
+                    int t0 = t < tub ? 0 : tub, nf = t < tub ? tub : T - tub;
+                    int wet = (t0 == 0 && y < 4 && x >= 4) || (t0 == tub && y >= 4 && x < 4);
+                    if (!wet) {
+                        assert_int_equal(o[i], a[i]);
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int f = t0; f < t0 + nf; f++) sum += a[i + (size_t)(f - t) * fb];
+                    assert_int_equal(o[i], (int)floor(sum / nf + 0.5));
+                }
+    /* no water: an exact copy */
+    for (size_t i = 0; i < T * fb; i++) a[i] = 0;
+    assert_int_equal(ds4_vtok_water_blur(a, T, H, W, tub, 4, o), 0);
+    assert_memory_equal(a, o, T * fb);
+    assert_int_equal(ds4_vtok_water_blur(a, T, H, W, tub, 3, o), -1);
+    assert_err_has("block 3");
+    free(a);
+    free(o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_round_trip),
@@ -450,6 +489,7 @@ int main(void) {
         cmocka_unit_test(test_gif_read),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_metrics_split),
+        cmocka_unit_test(test_water_blur),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -326,22 +326,55 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
     return rc;
 }
 
+/* The water-blur bound (ds4_vtok_water_blur, 4x4 px blocks) of the same clips, pooled into st. */
+static int water_bound_dir(const char *dir, const char *split, int max_clips, int tubelet,
+                           ds4_vtok_eval_stats *st) {
+    char **paths = NULL;
+    int n = 0, done = 0, rc = 0;
+    if (ds4_world_dataset_shards(dir, split, &paths, &n) != 0) return -1;
+    for (int i = 0; i < n && rc == 0 && (max_clips <= 0 || done < max_clips); i++) {
+        ds4_world_shard *sh = ds4_world_shard_open(paths[i], 0);
+        if (!sh) { rc = -1; break; }
+        uint8_t *ref = ds4_malloc((size_t)sh->n_frames * sh->height * sh->width * 3);
+        for (int k = 0; ref && k < sh->n_clips && (max_clips <= 0 || done < max_clips); k++, done++) {
+            const uint8_t *clip = ds4_world_shard_clip(sh, k);
+            if (!clip ||
+                ds4_vtok_water_blur(clip, sh->n_frames, sh->height, sh->width, tubelet, 4, ref) != 0 ||
+                ds4_vtok_eval_compare(clip, ref, sh->n_frames, sh->height, sh->width, st) != 0) {
+                rc = -1;
+                break;
+            }
+        }
+        if (!ref) rc = -1;
+        free(ref);
+        ds4_world_shard_close(sh);
+    }
+    for (int i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+    return rc;
+}
+
 static int vtok_eval(int argc, char **argv) {
     const char *cmd = "vtok eval", *model = NULL, *data = NULL, *split = "val", *json = NULL;
     long clips = 0;
-    int per_clip = 0, sharp = 0;
+    int per_clip = 0, sharp = 0, bound = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--per-clip")) { per_clip = 1; continue; }
+        if (!strcmp(a, "--water-bound")) { bound = 1; continue; }
         if (!strcmp(a, "--sharp")) { sharp = 1; continue; }
         if (cli_is_help(a)) {
-            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE] [--per-clip] [--sharp]\n\n"
+            printf("usage: ds4 vtok eval --model DIR --data DIR [--split val] [--clips N] [--json FILE] [--per-clip] [--sharp] [--water-bound]\n\n"
                    "Round-trips every clip (or the first N) of DIR/<split>-*.ds4w through the tokenizer and\n"
                    "reports PSNR (from the pooled MSE over all RGB8 values, and the mean of per-clip PSNR)\n"
                    "and the ball-centroid error: in each frame, the largest blob of each ball colour found\n"
                    "by ds4_world_extract (tolerance %d, min area %d px) in the original vs the\n"
                    "reconstruction. Prints a table and a JSON line (also written to --json FILE);\n"
-                   "--per-clip also prints one line per clip; --sharp decodes most likely colours.\n",
+                   "--per-clip also prints one line per clip; --sharp decodes most likely colours.\n"
+                   "PSNR is also split by scene (clips with any water pixel vs none) and by the original\n"
+                   "pixel's palette colour. --water-bound adds the PSNR of a reference with no model: every\n"
+                   "pixel exact except 4x4 px blocks that show water in a tubelet, each pixel there its mean\n"
+                   "over the tubelet's frames (particles that move inside a tubelet blur).\n",
                    DS4_VTOK_EVAL_TOL, DS4_VTOK_EVAL_MIN_AREA);
             return 0;
         }
@@ -386,6 +419,18 @@ static int vtok_eval(int argc, char **argv) {
             printf(" %s %.1f (%.1f%%)", ds4_world_color_name(k), ds4_vtok_eval_psnr_class(&st, k),
                    100.0 * st.class_n_values[k] / st.n_values);
     printf("\n");
+    double bound_all = NAN, bound_wet = NAN;
+    if (bound) {
+        ds4_vtok_eval_stats bs = {0};
+        if (water_bound_dir(data, split, (int)clips, m->cfg.tubelet, &bs) != 0) {
+            ds4_vtok_free(m);
+            return cli_fail(cmd);
+        }
+        bound_all = ds4_vtok_eval_psnr(&bs);
+        bound_wet = ds4_vtok_eval_psnr_scenes(&bs, 1);
+        printf("  water-blur bound        %7.2f dB (water scenes %.2f dB): no model, water blurred over each tubelet\n",
+               bound_all, bound_wet);
+    }
     double p50 = ds4_vtok_eval_centroid_quantile(&st, 0.5), p95 = ds4_vtok_eval_centroid_quantile(&st, 0.95);
     printf("  centroid error          %7.3f px mean, median <= %.2f, p95 <= %.2f, max %.3f over %ld ball-frames\n",
            cent, p50, p95, st.cent_max, st.n_matched);
@@ -396,10 +441,11 @@ static int vtok_eval(int argc, char **argv) {
     char line[1024];
     snprintf(line, sizeof line,
              "{\"bench\":\"vtok_eval\",\"model\":\"%s\",\"split\":\"%s\",\"clips\":%d,\"frames\":%ld,"
-             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"psnr_balls_only_db\":%.4f,\"psnr_water_db\":%.4f,\"water_clips\":%d,\"centroid_err_px\":%.5f,\"centroid_p50_px\":%.2f,\"centroid_p95_px\":%.2f,\"centroid_max_px\":%.4f,"
+             "\"psnr_db\":%.4f,\"psnr_mean_clip_db\":%.4f,\"psnr_balls_only_db\":%.4f,\"psnr_water_db\":%.4f,\"water_clips\":%d,\"water_bound_db\":%.4f,\"water_bound_water_db\":%.4f,\"centroid_err_px\":%.5f,\"centroid_p50_px\":%.2f,\"centroid_p95_px\":%.2f,\"centroid_max_px\":%.4f,"
              "\"ball_frames\":%ld,\"missed\":%ld,\"spurious\":%ld,\"ms_per_clip\":%.2f,\"n_codes\":%d,\"sharp\":%d}",
              model, split, st.n_clips, st.n_frames, psnr, mean_psnr, isnan(psnr_dry) ? -1.0 : psnr_dry,
-             isnan(psnr_wet) ? -1.0 : psnr_wet, st.n_clips_water, isnan(cent) ? -1.0 : cent,
+             isnan(psnr_wet) ? -1.0 : psnr_wet, st.n_clips_water, isnan(bound_all) ? -1.0 : bound_all,
+             isnan(bound_wet) ? -1.0 : bound_wet, isnan(cent) ? -1.0 : cent,
              isnan(p50) ? -1.0 : p50, isnan(p95) ? -1.0 : p95, st.cent_max,
              st.n_matched, st.n_missed, st.n_spurious, ms, ds4_vtok_n_codes(m), sharp);
     printf("%s\n", line);

@@ -180,6 +180,42 @@ double ds4_vtok_eval_centroid_quantile(const ds4_vtok_eval_stats *st, double q) 
     return DS4_VTOK_CENT_BINS * DS4_VTOK_CENT_BIN;
 }
 
+int ds4_vtok_water_blur(const uint8_t *rgb, int T, int H, int W, int tubelet, int block,
+                        uint8_t *out) {
+    if (T < 1 || tubelet < 1 || block < 1 || H < block || W < block || H % block || W % block) {
+        ds4_set_error("water blur: %d frames of %dx%d do not fit tubelet %d / block %d", T, W, H,
+                      tubelet, block);
+        return -1;
+    }
+    const size_t frame = (size_t)H * W * 3;
+    memcpy(out, rgb, frame * T);
+    const uint8_t *wc = ds4_world_palette[DS4_WC_WATER];
+    for (int t0 = 0; t0 < T; t0 += tubelet) {
+        const int nf = T - t0 < tubelet ? T - t0 : tubelet;
+        for (int by = 0; by < H; by += block)
+            for (int bx = 0; bx < W; bx += block) {
+                int wet = 0;
+                for (int f = 0; f < nf && !wet; f++)
+                    for (int y = by; y < by + block && !wet; y++)
+                        for (int x = bx; x < bx + block && !wet; x++) {
+                            const uint8_t *px = rgb + (t0 + f) * frame + ((size_t)y * W + x) * 3;
+                            wet = px[0] == wc[0] && px[1] == wc[1] && px[2] == wc[2];
+                        }
+                if (!wet) continue;
+                for (int y = by; y < by + block; y++)
+                    for (int x = bx; x < bx + block; x++)
+                        for (int c = 0; c < 3; c++) {
+                            const size_t o = ((size_t)y * W + x) * 3 + c;
+                            int sum = 0;
+                            for (int f = 0; f < nf; f++) sum += rgb[(t0 + f) * frame + o];
+                            uint8_t v = (uint8_t)((2 * sum + nf) / (2 * nf));
+                            for (int f = 0; f < nf; f++) out[(t0 + f) * frame + o] = v;
+                        }
+            }
+    }
+    return 0;
+}
+
 void ds4_vtok_eval_merge(ds4_vtok_eval_stats *a, const ds4_vtok_eval_stats *b) {
     a->sq_err += b->sq_err;
     a->n_values += b->n_values;

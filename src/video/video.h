@@ -300,6 +300,16 @@ double ds4_vtok_eval_centroid(const ds4_vtok_eval_stats *st);   /* mean px, NAN 
 /* Quantile q in [0, 1] of the centroid errors, to DS4_VTOK_CENT_BIN (the upper
  * edge of its bin); NAN if none. */
 double ds4_vtok_eval_centroid_quantile(const ds4_vtok_eval_stats *st, double q);
+/* A reference reconstruction with no model (the "water-blur bound"): rgb
+ * [T][H][W][3] with every pixel exact except in water blocks, where each pixel
+ * becomes its mean over the tubelet's frames (rounded half up; the last
+ * tubelet may be short). A water block is `block` x `block` pixels of one
+ * tubelet in which any frame shows the exact water colour. This is what a
+ * decoder gets that reproduces everything but the particles' motion inside
+ * a tubelet: the ceiling of codes too coarse to place single particles.
+ * out [T][H][W][3]; H and W multiples of block. */
+int    ds4_vtok_water_blur(const uint8_t *rgb, int T, int H, int W, int tubelet, int block,
+                           uint8_t *out);
 /* Add the counts of b into a. */
 void   ds4_vtok_eval_merge(ds4_vtok_eval_stats *a, const ds4_vtok_eval_stats *b);
 
