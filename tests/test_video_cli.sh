@@ -38,6 +38,11 @@ cmp -s "$T/c.bin" "$T/c2.bin" || fail "GIF and shard clip give different codes"
 "$DS4" vtok eval --model "$T/m" --data "$T/d" --split val --json "$T/e.json" > "$T/eval.txt" || fail "eval"
 grep -q '"psnr_db":' "$T/eval.txt" || fail "eval JSON line"
 grep -q '"centroid_err_px":' "$T/e.json" || fail "eval --json file"
+"$DS4" vtok eval --model "$T/m" --data "$T/d" --split train --per-clip --water-bound > "$T/eval2.txt" || fail "eval --water-bound"
+grep -q "PSNR balls-only scenes" "$T/eval2.txt" && grep -q "PSNR water scenes" "$T/eval2.txt" || fail "eval scene split"
+grep -q "water-blur bound" "$T/eval2.txt" || fail "eval water-blur bound line"
+[ "$(grep -c "^  clip " "$T/eval2.txt")" -eq 4 ] || fail "eval --per-clip lines"
+grep -q '"psnr_balls_only_db":' "$T/eval2.txt" && grep -q '"water_bound_db":' "$T/eval2.txt" || fail "eval split JSON keys"
 
 # errors
 "$DS4" vtok encode --shard "$T/d/val-00000.ds4w" --clip 0 --out "$T/x.bin" 2> /dev/null; [ $? -eq 2 ] || fail "missing --model exit 2"
