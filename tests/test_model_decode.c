@@ -1,6 +1,6 @@
 /* test_model_decode.c — the batch-1 decode step (model/decode.c) against the
- * batched forward in fp32, Q8_0, Q4_0 and Q4_K, tied and untied, on 1 and 2
- * threads (bit-identical: a chunk's result does not depend on its thread). */
+ * batched forward in fp32, Q8_0, Q4_0 and Q4_K, tied and untied, on 1, 2
+ * and 3 threads (bit-identical: a chunk's result does not depend on its thread). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -71,12 +71,14 @@ static void test_decode_matches_batched(void **st) {
             int ids[T];
             for (int i = 0; i < T; i++) ids[i] = (i * 37 + 5) % V;
             float *full = malloc(sizeof(float) * T * V), *d1 = malloc(sizeof(float) * T * V),
-                  *d2 = malloc(sizeof(float) * T * V);
+                  *d2 = malloc(sizeof(float) * T * V), *d3 = malloc(sizeof(float) * T * V);
             assert_int_equal(ds4_forward_logits(m, ids, T, full), 0);
             omp_set_num_threads(1);
             decode_all(m, ids, T, d1);
             omp_set_num_threads(2);
             decode_all(m, ids, T, d2);
+            omp_set_num_threads(3);           /* more threads than cores: chunks change hands */
+            decode_all(m, ids, T, d3);
             omp_set_num_threads(saved);
             float diff = 0, mx = 0;
             for (int i = 0; i < T * V; i++) {
@@ -89,7 +91,8 @@ static void test_decode_matches_batched(void **st) {
             assert_true(mx > 0.3f);
             assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
             assert_memory_equal(d1, d2, sizeof(float) * T * V);
-            free(full); free(d1); free(d2);
+            assert_memory_equal(d1, d3, sizeof(float) * T * V);
+            free(full); free(d1); free(d2); free(d3);
             ds4_model_free(m);
         }
 }

@@ -17,8 +17,12 @@
 
 /* Rows per work chunk aim at this many weight bytes: big enough that the
  * dynamic hand-out costs little, small enough to balance two busy cores. */
+#ifndef CHUNK_BYTES
 #define CHUNK_BYTES 32768
+#endif
+#ifndef CHUNK_MAX_ROWS
 #define CHUNK_MAX_ROWS 256
+#endif
 
 typedef struct {            /* per-thread buffers */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
@@ -51,9 +55,9 @@ typedef struct dphase_s {
     int total;                /* chunks */
 } dphase;
 
-typedef struct dsync_s {      /* counters of one phase, each on its own line */
-    _Alignas(64) atomic_int next;
-    _Alignas(64) atomic_int done;
+typedef struct dsync_s {      /* one thread's lane of one phase, on its own line */
+    _Alignas(64) atomic_ullong fb; /* next chunk (low 32 bits) and end (high 32) left in the lane */
+    atomic_int done;              /* chunks of the lane completed, by any thread */
 } dsync;
 
 struct ds4_decode_scratch {
@@ -68,7 +72,7 @@ struct ds4_decode_scratch {
     dthread *t;             /* [nth] */
     dlayer *plan;       /* [L] this token's work plan */
     dphase *ph;         /* [7 L + 2] phases of a region */
-    dsync *sync;        /* [7 L + 2] their counters */
+    dsync *sync;        /* [7 L + 2][nth] their lanes */
 };
 
 static size_t act_bytes8(int in) { return (size_t)(in / DS4_QK8_0 + 1) * sizeof(ds4_block_q8_0); }
@@ -97,7 +101,7 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     s->xn = ds4_alloc_aligned(sizeof(float) * s->D);
     s->plan = ds4_calloc((size_t)s->L, sizeof(dlayer));
     s->ph = ds4_calloc((size_t)(7 * s->L + 2), sizeof(dphase));
-    s->sync = ds4_alloc_aligned((size_t)(7 * s->L + 2) * sizeof(dsync));
+    s->sync = ds4_alloc_aligned((size_t)(7 * s->L + 2) * (size_t)nth * sizeof(dsync));
     s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->att = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->h = ds4_alloc_aligned(sizeof(float) * (s->F > 0 ? s->F : 1));
@@ -152,12 +156,14 @@ static void job_done(djob *j) {
 
 /* ---- execution ---------------------------------------------------------------
  * A region runs a list of phases (norm, matvec job, attention, ...). Each
- * phase is split into chunks that threads claim from a counter; a thread moves
- * to the next phase once every chunk of this one is complete. There is no
- * barrier: a thread the OS has parked holds nothing up unless it holds a
- * chunk, and it skips the phases finished without it when it wakes. */
-
-
+ * phase is split into chunks, and the chunks into one contiguous lane per
+ * thread. A thread works through its own lane front to back, so its weight
+ * rows stream in order and the kernels' prefetch runs ahead into its own next
+ * chunk (interleaved chunks sent half of it to the other core); then it takes
+ * chunks from the back of the other lanes. A thread moves to the next phase
+ * once every chunk of this one is complete. There is no barrier: a thread the
+ * OS has parked holds nothing up unless it holds a chunk (the others empty
+ * its lane), and it skips the phases finished without it when it wakes. */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -165,10 +171,36 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void phase_wait(dsync *c, int total) {
-    for (int spins = 0; atomic_load_explicit(&c->done, memory_order_acquire) < total;)
+/* lanes of a phase of `total` chunks over nth threads: [t total/nth, (t+1) total/nth) */
+static void lanes_reset(dsync *ln, int total, int nth) {
+    for (int t = 0; t < nth; t++) {
+        const unsigned long long a = (unsigned long long)((long)total * t / nth);
+        const unsigned long long b = (unsigned long long)((long)total * (t + 1) / nth);
+        atomic_store_explicit(&ln[t].fb, a | b << 32, memory_order_relaxed);
+        atomic_store_explicit(&ln[t].done, 0, memory_order_relaxed);
+    }
+}
+
+/* claim a chunk of lane ln from its front (owner) or back (others); -1 when empty */
+static int lane_claim(dsync *ln, int front) {
+    unsigned long long v = atomic_load_explicit(&ln->fb, memory_order_relaxed);
+    for (;;) {
+        const unsigned long long f = v & 0xffffffffull, b = v >> 32;
+        if (f >= b) return -1;
+        const unsigned long long nv = front ? (f + 1) | b << 32 : f | (b - 1) << 32;
+        if (atomic_compare_exchange_weak_explicit(&ln->fb, &v, nv, memory_order_relaxed, memory_order_relaxed))
+            return (int)(front ? f : b - 1);
+    }
+}
+
+static void phase_wait(dsync *ln, int nth, int total) {
+    for (int spins = 0;;) {
+        int done = 0;
+        for (int t = 0; t < nth; t++) done += atomic_load_explicit(&ln[t].done, memory_order_acquire);
+        if (done >= total) return;
         if (++spins < 4000) cpu_relax();
         else { sched_yield(); spins = 0; }
+    }
 }
 
 /* ds4_rmsnorm of one row, without its OpenMP region (same arithmetic) */
@@ -253,27 +285,29 @@ static void att_chunk(const dctx *X, const ds4_decode_scratch *S, int l, int h) 
 }
 
 /* Every thread of the region runs this over the same phase list. */
-static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4_decode_scratch *S) {
-    dthread *t = &S->t[omp_get_thread_num()];
+static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4_decode_scratch *S, int nth) {
+    const int me = omp_get_thread_num();
+    dthread *t = &S->t[me];
     const float eps = X->m->cfg.rms_norm_eps;
     for (int p = 0; p < n_ph; p++) {
         const dphase *P = &ph[p];
+        dsync *ln = sy + (size_t)p * nth;
         t->have8 = t->haveK = 0;
-        for (;;) {
-            const int c = atomic_fetch_add_explicit(&sy[p].next, 1, memory_order_relaxed);
-            if (c >= P->total) break;
-            switch (P->kind) {
-            case PH_NORM: norm_row(S->xn, S->x, P->nw, S->D, eps); break;
-            case PH_MV: mv_chunk(P->job, S, t, c); break;
-            case PH_GU: gu_chunk(P->job, S, t, c); break;
-            case PH_ATT: att_chunk(X, S, P->layer, c); break;
+        for (int k = 0; k < nth; k++) {           /* own lane first, then the others' */
+            dsync *L = &ln[(me + k) % nth];
+            for (int c; (c = lane_claim(L, k == 0)) >= 0;) {
+                switch (P->kind) {
+                case PH_NORM: norm_row(S->xn, S->x, P->nw, S->D, eps); break;
+                case PH_MV: mv_chunk(P->job, S, t, c); break;
+                case PH_GU: gu_chunk(P->job, S, t, c); break;
+                case PH_ATT: att_chunk(X, S, P->layer, c); break;
+                }
+                atomic_fetch_add_explicit(&L->done, 1, memory_order_release);
             }
-            atomic_fetch_add_explicit(&sy[p].done, 1, memory_order_release);
         }
-        phase_wait(&sy[p], P->total);
+        phase_wait(ln, nth, P->total);
     }
 }
-
 
 static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int seq, dlayer *P,
                        ds4_decode_scratch *S) {
@@ -323,15 +357,12 @@ static int add_ffn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P
 }
 
 static void run_region(const dctx *X, const dphase *ph, int n_ph, ds4_decode_scratch *S, int nth) {
-    for (int p = 0; p < n_ph; p++) {
-        atomic_store_explicit(&S->sync[p].next, 0, memory_order_relaxed);
-        atomic_store_explicit(&S->sync[p].done, 0, memory_order_relaxed);
-    }
+    for (int p = 0; p < n_ph; p++) lanes_reset(S->sync + (size_t)p * nth, ph[p].total, nth);
     if (nth > 1) {
         #pragma omp parallel num_threads(nth)
-        run_phases(X, ph, S->sync, n_ph, S);
+        run_phases(X, ph, S->sync, n_ph, S, nth);   /* every lane is visited, however many threads came */
     } else {
-        run_phases(X, ph, S->sync, n_ph, S);
+        run_phases(X, ph, S->sync, n_ph, S, 1);
     }
 }
 

@@ -287,7 +287,9 @@ static int matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n,
 void ds4_q_matvec_rows(ds4_qtype t, float *y, const void *xq, const void *w, int in, int rows) {
     ds4_q_dot_fn dot = ds4_q_dot_kernel(t, 1);
     const size_t wb = ds4_q_row_bytes(t, in);
-    for (int o = 0; o < rows; o++) dot(in, (const char *)w + (size_t)o * wb, wb, 1, xq, 0, 1, y + o, 1);
+    int o = 0;
+    for (; o + 4 <= rows; o += 4) dot(in, (const char *)w + (size_t)o * wb, wb, 4, xq, 0, 1, y + o, 1);
+    for (; o < rows; o++) dot(in, (const char *)w + (size_t)o * wb, wb, 1, xq, 0, 1, y + o, 1);
 }
 
 int ds4_q_matmul_q(ds4_qtype t, float *y, const void *xq, const void *w, int n, int in, int out) {
