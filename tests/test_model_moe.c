@@ -325,6 +325,61 @@ static void test_bias_update_balances(void **state) {
     free(lg); free(s); free(w); free(ex);
 }
 
+/* --bias-every / --bias-ema: the sign rule on loads over a window of steps. */
+static void test_bias_window_rule(void **state) {
+    (void)state;
+    /* on one step's loads it is the SPEC rule */
+    ds4_rng r;
+    ds4_rng_seed(&r, 11);
+    for (int it = 0; it < 50; it++) {
+        int64_t load[7];
+        double win[7];
+        float b1[7] = {0}, b2[7] = {0};
+        for (int e = 0; e < 7; e++) load[e] = (int64_t)(ds4_rng_u64(&r) % 5);
+        ds4_moe_load_window_add(win, load, 7, 0.0, 1);
+        ds4_moe_bias_update(b1, load, 7, 0.5f);
+        ds4_moe_bias_update_window(b2, win, 7, 0.5f);
+        for (int e = 0; e < 7; e++) assert_true(b1[e] == b2[e]);
+    }
+    /* sum over two steps: {3,1,2,2,2} + {1,3,2,2,2} is balanced, nobody moves */
+    const int64_t s1[5] = {3, 1, 2, 2, 2}, s2[5] = {1, 3, 2, 2, 2}, s3[5] = {2, 2, 2, 2, 6};
+    double w[5];
+    float b[5] = {0};
+    ds4_moe_load_window_add(w, s1, 5, 0.0, 1);
+    ds4_moe_load_window_add(w, s2, 5, 0.0, 0);
+    for (int e = 0; e < 5; e++) assert_true(w[e] == 4.0);
+    ds4_moe_bias_update_window(b, w, 5, 0.25f);
+    for (int e = 0; e < 5; e++) assert_true(b[e] == 0.0f);
+    /* EMA, beta 0.5: {3,1,2,2,2} -> {2,2,2,2,2} -> {2,2,2,2,4}; mean 2.4 */
+    ds4_moe_load_window_add(w, s1, 5, 0.5, 1);
+    for (int e = 0; e < 5; e++) assert_true(w[e] == (double)s1[e]);
+    ds4_moe_load_window_add(w, s2, 5, 0.5, 0);
+    for (int e = 0; e < 5; e++) assert_true(w[e] == 2.0);
+    ds4_moe_load_window_add(w, s3, 5, 0.5, 0);
+    assert_true(w[0] == 2.0 && w[4] == 4.0);
+    ds4_moe_bias_update_window(b, w, 5, 0.25f);
+    assert_true(b[0] == 0.25f && b[3] == 0.25f && b[4] == -0.25f);
+    /* a bursty expert (0 in three steps of four, 12 in the fourth: mean 3 > 2 of the
+     * others): per step the sign rule raises its bias (below the mean 3 times in 4,
+     * i.e. it balances the median), the 4-step window lowers it (balances the mean) */
+    float per_step = 0, windowed = 0;
+    double acc[3];
+    for (int step = 0; step < 8; step++) {
+        const int64_t l[3] = {step % 4 == 3 ? 12 : 0, 2, 2};
+        float bb[3] = {per_step, 0, 0};
+        ds4_moe_bias_update(bb, l, 3, 0.1f);
+        per_step = bb[0];
+        ds4_moe_load_window_add(acc, l, 3, 0.0, step % 4 == 0);
+        if (step % 4 == 3) {
+            float bw[3] = {windowed, 0, 0};
+            ds4_moe_bias_update_window(bw, acc, 3, 0.1f);
+            windowed = bw[0];
+        }
+    }
+    assert_float_equal(per_step, 0.4f, 1e-6);      /* 6 steps up, 2 down */
+    assert_float_equal(windowed, -0.2f, 1e-6);     /* 2 windows, both down */
+}
+
 /* ---- capacity ---------------------------------------------------------------- */
 
 static void test_capacity_hand(void **state) {
@@ -693,6 +748,7 @@ int main(void) {
         cmocka_unit_test(test_bias_update_rule),
         cmocka_unit_test(test_bias_update_model_and_loads),
         cmocka_unit_test(test_bias_update_balances),
+        cmocka_unit_test(test_bias_window_rule),
         cmocka_unit_test(test_capacity_hand),
         cmocka_unit_test(test_capacity_no_token_lost),
         cmocka_unit_test(test_capacity_in_forward),

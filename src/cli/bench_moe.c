@@ -24,8 +24,11 @@ typedef struct moe_opts {
     long vocab, hidden, layers, experts, groups, topk_group, topk_per_group, moe_inter, plain_k;
     long steps, batch, seq, eval_tokens, seed, route_tokens, layer_tokens, elem_bytes, log_every;
     long holdout_every;      /* every N-th block of the training text is held out (0: none) */
+    long bias_every;         /* (c): bias update every K steps on the loads summed over them [1: SPEC] */
     double lr, bias_rate, aux_alpha, bias_freeze, hier_aux_alpha;
+    double bias_ema;         /* (c): sign rule on an EMA of the per-step loads (0: off, SPEC) */
     int bias_follow_lr;
+    int diag;                /* (c): bias-averaged held-out eval, hot-expert table */
     int do_study, do_routing, do_layer;
 } moe_opts;
 
@@ -56,6 +59,7 @@ static void opts_defaults(moe_opts *o) {
     o->lr = 3e-3;
     o->bias_rate = 3e-3;
     o->aux_alpha = 0.01;
+    o->bias_every = 1;
     o->do_study = o->do_routing = o->do_layer = 1;
 }
 
@@ -81,6 +85,11 @@ static void help(void) {
            "  --bias-schedule constant|lr  (c)'s bias rate: constant U (SPEC), or U x lr/peak lr [constant]\n"
            "  --bias-freeze F      (c)'s bias rate 0 in the last fraction F of the steps (DeepSeek-V3) [0]\n"
            "  --hier-aux-alpha A   (c) also with the sequence-wise aux loss (DeepSeek-V3's complementary one) [0]\n"
+           "  --bias-every K       (c): the sign rule on the loads summed over K steps, applied every K-th\n"
+           "                       step (u per update) instead of every step's own loads [1: SPEC]\n"
+           "  --bias-ema B         (c): the sign rule on an EMA (beta B) of the per-step loads [0: off, SPEC]\n"
+           "  --diag               (c): also held-out utilization with the bias averaged over the last 10%%\n"
+           "                       of the steps, and each layer's hottest held-out expert against training\n"
            "  --holdout-every N    hold out every N-th block of 4096 training tokens (never sampled for training)\n"
            "                       and add them to the held-out set; 0: val.txt alone [8]\n"
            "  --eval-tokens N      held-out tokens: val.txt first, then held-out training blocks [400000]\n"
@@ -208,6 +217,8 @@ static void study_config(ds4_config *c, const moe_opts *o, int vocab, int run) {
 
 typedef struct run_result {
     double val_loss, held_loss, train_loss, seconds, tokens_per_s, aux_loss, train_util;
+    double win_util;           /* utilization of the training loads summed over the last 10% of steps */
+    double avgbias_util;       /* --diag: held-out utilization with the bias averaged over those steps */
     pooled_stats st, st_val;   /* all held-out tokens; val.txt alone */
     ds4_moe_report rep;        /* all held-out tokens */
 } run_result;
@@ -236,6 +247,95 @@ static int split_holdout(const int *ids, size_t n, long every, int **kept, size_
     return 0;
 }
 
+/* --diag for (c): held-out utilization with the bias averaged over the last
+ * `tail` steps (the live bias restored after), and per layer the hottest
+ * held-out expert: its held-out load / mean, its summed training load / mean
+ * over the tail, the fraction of tail steps it was above the step's mean
+ * (the sign rule drives this to 1/2, i.e. the median load to the mean), and
+ * its live vs averaged bias. */
+static int diag_hier(const moe_opts *o, ds4_model *m, const heldout *ho, const int *train, size_t ntrain,
+                     const ds4_moe_report *rep,
+                     const int64_t *tail_load, const int *tail_above, long tail, const double *bias_sum,
+                     float *bias_live, run_result *res) {
+    const ds4_config *c = &m->cfg;
+    const int E = c->n_routed_experts, L = c->num_hidden_layers, T = (int)o->seq;
+    for (int l = 0; l < L; l++) {
+        if (!ds4_layer_is_moe(c, l)) continue;
+        const int64_t *hl = rep->load + (size_t)l * E, *tl = tail_load + (size_t)l * E;
+        double hs = 0, ts = 0, hh = 0, tt = 0, ht = 0;
+        for (int e = 0; e < E; e++) { hs += (double)hl[e]; ts += (double)tl[e]; }
+        int hot = 0;
+        for (int e = 0; e < E; e++) {
+            const double a = hl[e] * E / hs - 1, b = tl[e] * E / ts - 1;
+            hh += a * a; tt += b * b; ht += a * b;
+            if (hl[e] > hl[hot]) hot = e;
+        }
+        fprintf(stderr, "  diag layer %d: corr(held-out load, last-10%% training load) %.2f; relative sd held-out %.3f, training %.3f\n",
+                l, ht / sqrt(hh * tt + 1e-30), sqrt(hh / E), sqrt(tt / E));
+        fprintf(stderr, "    hottest held-out expert %d: held-out %.3f x mean, training %.3f x mean, above the step mean in %.0f%% of "
+                "steps, bias %.4f (tail average %.4f)\n", hot, hl[hot] * E / hs, tl[hot] * E / ts,
+                100.0 * tail_above[(size_t)l * E + hot] / (double)tail, m->w.layers[l].router_bias[hot],
+                bias_sum[(size_t)l * E + hot] / (double)tail);
+    }
+    for (int l = 0; l < L; l++)
+        if (ds4_layer_is_moe(c, l))
+            for (int e = 0; e < E; e++) {
+                bias_live[(size_t)l * E + e] = m->w.layers[l].router_bias[e];
+                m->w.layers[l].router_bias[e] = (float)(bias_sum[(size_t)l * E + e] / (double)tail);
+            }
+    {   /* the same measurement on training tokens: one 4096-token block in every 7 of the trained stream,
+         * as many tokens as the held-out blocks */
+        const size_t want = DS4_MAX((size_t)HOLDOUT_BLOCK, DS4_MIN(ho->nblocks, (size_t)o->eval_tokens));
+        int *tr = ds4_malloc(sizeof(int) * want);
+        size_t got = 0;
+        for (size_t i = 0; tr && i < ntrain && got < want; i += 7 * (size_t)HOLDOUT_BLOCK) {
+            const size_t len = DS4_MIN(DS4_MIN((size_t)HOLDOUT_BLOCK, ntrain - i), want - got);
+            memcpy(tr + got, train + i, sizeof(int) * len);
+            got += len;
+        }
+        ds4_moe_report t = {.n_ranks = 1, .ranks = {4}};
+        const int trc = tr ? ds4_moe_measure(m, tr, got, T, &t) : -1;
+        free(tr);
+        if (trc != 0) return -1;
+        pooled_stats p;
+        pool_report(&t, &p);
+        fprintf(stderr, "  diag: utilization on %lld trained tokens (inference path, final model) %.1f%%, loss %.4f\n",
+                (long long)t.tokens, 100 * p.util, t.loss);
+        for (int l = 0; l < L; l++) {
+            if (!ds4_layer_is_moe(c, l)) continue;
+            const int64_t *hl = rep->load + (size_t)l * E, *tl = t.load + (size_t)l * E;
+            double hs = 0, ts = 0, hh = 0, tt = 0, ht = 0;
+            for (int e = 0; e < E; e++) { hs += (double)hl[e]; ts += (double)tl[e]; }
+            for (int e = 0; e < E; e++) {
+                const double x = hl[e] * E / hs - 1, y = tl[e] * E / ts - 1;
+                hh += x * x; tt += y * y; ht += x * y;
+            }
+            fprintf(stderr, "    layer %d: corr(held-out load, trained-token load) %.2f; relative sd on trained tokens %.3f\n",
+                    l, ht / sqrt(hh * tt + 1e-30), sqrt(tt / E));
+        }
+        ds4_moe_report_free(&t);
+    }
+    ds4_moe_report a = {.n_ranks = 1, .ranks = {4}}, b = {.n_ranks = 1, .ranks = {4}};
+    int rc = ds4_moe_measure(m, ho->val, DS4_MIN(ho->nval, (size_t)o->eval_tokens), T, &a);
+    const size_t nblk = rc == 0 ? DS4_MIN(ho->nblocks, (size_t)o->eval_tokens - (size_t)a.tokens) : 0;
+    if (rc == 0 && nblk >= 2) rc = ds4_moe_measure(m, ho->blocks, nblk, T, &b);
+    if (rc == 0 && nblk >= 2) rc = ds4_moe_report_add(&a, &b);
+    for (int l = 0; l < L; l++)
+        if (ds4_layer_is_moe(c, l))
+            memcpy(m->w.layers[l].router_bias, bias_live + (size_t)l * E, sizeof(float) * (size_t)E);
+    if (rc == 0) {
+        pooled_stats p, live;
+        pool_report(&a, &p);
+        pool_report(rep, &live);
+        res->avgbias_util = p.util;
+        fprintf(stderr, "  diag: held-out utilization with the live bias %.1f%%, with the bias averaged over the last %ld steps "
+                "%.1f%% (val loss %.4f)\n", 100 * live.util, tail, 100 * p.util, a.loss);
+    }
+    ds4_moe_report_free(&a);
+    ds4_moe_report_free(&b);
+    return rc;
+}
+
 static int train_one(const moe_opts *o, const ds4_config *c, const int *train, size_t ntrain,
                      const heldout *ho, int run, run_result *res) {
     ds4_model *m = ds4_model_create(c, (uint64_t)o->seed);
@@ -245,8 +345,19 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
     float *grads = ds4_alloc_aligned(m->layout.n_floats * sizeof(float));
     int *buf = ds4_malloc(sizeof(int) * (size_t)B * (T + 1));
     ds4_adamw opt = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
+    const int E = c->n_routed_experts, L = c->num_hidden_layers;
+    const size_t LE = (size_t)L * E;
+    /* (c) with --bias-every / --bias-ema: the bias is updated here from a load window, not by the step */
+    const int own_rule = run == RUN_HIER && (o->bias_every > 1 || o->bias_ema > 0);
+    int64_t *step_load = calloc(LE, sizeof(int64_t)), *tail_load = calloc(LE, sizeof(int64_t));
+    int64_t *log_load = calloc(LE, sizeof(int64_t));
+    int *tail_above = calloc(LE, sizeof(int));       /* tail steps in which the expert's load > mean */
+    double *win = calloc(LE, sizeof(double)), *bias_sum = calloc(LE, sizeof(double));
+    float *bias_live = calloc(LE, sizeof(float));
     int rc = -1;
-    if (!ctx || !grads || !buf || ds4_adamw_init(&opt, m) != 0) goto out;
+    if (!ctx || !grads || !buf || !step_load || !tail_load || !log_load || !tail_above || !win || !bias_sum ||
+        !bias_live || ds4_adamw_init(&opt, m) != 0)
+        goto out;
     ds4_rng rng;
     ds4_rng_seed(&rng, (uint64_t)o->seed * 7919 + 1);     /* same batches for every run */
     const long warmup = o->steps / 10;
@@ -262,16 +373,40 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
         }
         const double loss = ds4_train_ctx_step(ctx, m, buf, grads, 1.0f);
         if (isnan(loss)) goto out;
+        memset(step_load, 0, LE * sizeof(int64_t));
+        ds4_moe_loads_add(&m->cfg, ds4_train_ctx_acts(ctx), step_load);
         ds4_clip_grad_norm(m, grads, 1.0f);
         ds4_adamw_step(&opt, m, grads, lr);
         ds4_moe_step_stats ms;
         /* load-bias rate of this step (--bias-schedule, --bias-freeze; constant by default) */
-        m->cfg.router_bias_update_rate = ds4_moe_bias_rate_scheduled(c->router_bias_update_rate, s, o->steps,
-                                                                     o->bias_follow_lr, lr / (float)o->lr,
-                                                                     (float)o->bias_freeze);
+        const float rate = ds4_moe_bias_rate_scheduled(c->router_bias_update_rate, s, o->steps, o->bias_follow_lr,
+                                                       lr / (float)o->lr, (float)o->bias_freeze);
+        m->cfg.router_bias_update_rate = own_rule ? 0.0f : rate;
         ds4_train_ctx_moe_step(ctx, m, &ms);
+        if (own_rule) {
+            const int every = (int)o->bias_every;
+            const int first = o->bias_ema > 0 ? s == 0 : s % every == 0;
+            const int apply = (s + 1) % every == 0 && rate > 0;
+            for (int l = 0; l < L; l++) {
+                if (!ds4_layer_is_moe(c, l)) continue;
+                ds4_moe_load_window_add(win + (size_t)l * E, step_load + (size_t)l * E, E, o->bias_ema, first);
+                if (apply) ds4_moe_bias_update_window(m->w.layers[l].router_bias, win + (size_t)l * E, E, rate);
+            }
+        }
+        for (size_t i = 0; i < LE; i++) log_load[i] += step_load[i];
         if (s >= o->steps - DS4_MAX(1, o->steps / 10)) {
             loss_tail += loss; util_tail += ms.utilization; aux_tail += ms.aux_loss; tail++;
+            for (int l = 0; l < L; l++) {
+                if (!ds4_layer_is_moe(c, l)) continue;
+                int64_t tot = 0;
+                for (int e = 0; e < E; e++) tot += step_load[(size_t)l * E + e];
+                for (int e = 0; e < E; e++) {
+                    const size_t i = (size_t)l * E + e;
+                    tail_load[i] += step_load[i];
+                    tail_above[i] += step_load[i] * E > tot;
+                    bias_sum[i] += m->w.layers[l].router_bias[e];
+                }
+            }
         }
         if ((s + 1) % o->log_every == 0 || s + 1 == o->steps) {
             float bmin = 0, bmax = 0;             /* load-bias range over MoE layers */
@@ -281,8 +416,13 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
                     bmin = fminf(bmin, b);
                     bmax = fmaxf(bmax, b);
                 }
-            fprintf(stderr, "  %-26s step %4ld/%ld  loss %.4f  aux %.4f  step util %.3f  bias [%.3f, %.3f]  %.0f tok/s\n",
-                    RUN_NAME[run], s + 1, o->steps, loss, ms.aux_loss, ms.utilization, bmin, bmax,
+            ds4_moe_report lr_ = {.n_layers = L, .E = E, .load = log_load};   /* loads since the last line */
+            for (int l = 0; l < L; l++) lr_.is_moe[l] = ds4_layer_is_moe(c, l);
+            pooled_stats lp;
+            pool_report(&lr_, &lp);
+            memset(log_load, 0, LE * sizeof(int64_t));
+            fprintf(stderr, "  %-26s step %4ld/%ld  loss %.4f  aux %.4f  step util %.3f  window util %.3f  bias [%.3f, %.3f]  %.0f tok/s\n",
+                    RUN_NAME[run], s + 1, o->steps, loss, ms.aux_loss, ms.utilization, lp.util, bmin, bmax,
                     (double)(s + 1) * B * T / (ds4_time_s() - t0));
         }
     }
@@ -292,6 +432,13 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
     res->train_loss = loss_tail / tail;
     res->train_util = util_tail / tail;
     res->aux_loss = aux_tail / tail;
+    {
+        ds4_moe_report tr = {.n_layers = L, .E = E, .load = tail_load};
+        for (int l = 0; l < L; l++) tr.is_moe[l] = ds4_layer_is_moe(c, l);
+        pooled_stats tp;
+        pool_report(&tr, &tp);
+        res->win_util = tp.util;
+    }
     /* held-out: loss and routing metrics in one pass (inference path, dropless), windows of T:
      * val.txt, then held-out blocks of the training text up to --eval-tokens in all */
     ds4_moe_report blk = {.n_ranks = 2, .ranks = {4, 8}};
@@ -309,6 +456,10 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
         ds4_moe_report_free(&blk);
         if (prc != 0) goto out;
     }
+    if (o->diag && run == RUN_HIER && (rc = diag_hier(o, m, ho, train, ntrain, &res->rep, tail_load, tail_above, tail, bias_sum,
+                                                    bias_live, res)) != 0)
+        goto out;
+    rc = -1;
     if (o->save) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%c", o->save, 'a' + run);
@@ -319,6 +470,7 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
 out:
     ds4_adamw_free(&opt);
     free(grads); free(buf);
+    free(step_load); free(tail_load); free(log_load); free(tail_above); free(win); free(bias_sum); free(bias_live);
     ds4_train_ctx_free(ctx);
     ds4_model_free(m);
     return rc;
@@ -402,9 +554,13 @@ static int run_study(const moe_opts *o) {
            vocab, ch->hidden_size, ch->num_hidden_layers, ch->intermediate_size, ch->n_routed_experts,
            ch->moe_intermediate_size, k_hier, cfgs[RUN_PLAIN].num_experts_per_tok);
     printf("  (c): %d groups of %d, topk_group %d x topk_per_group %d, sigmoid, bias rate %g (%s%s), aux alpha %g;\n"
-           "  (b): aux alpha %g; (a), (b): softmax\n", ch->n_group, ch->n_routed_experts / ch->n_group, ch->topk_group,
+           "  (c)'s load for the sign rule: ", ch->n_group, ch->n_routed_experts / ch->n_group, ch->topk_group,
            ch->topk_per_group, o->bias_rate, o->bias_follow_lr ? "x lr/peak" : "constant",
-           o->bias_freeze > 0 ? ", frozen at the end" : "", o->hier_aux_alpha, o->aux_alpha);
+           o->bias_freeze > 0 ? ", frozen at the end" : "", o->hier_aux_alpha);
+    if (o->bias_ema > 0) printf("EMA of the step loads, beta %g, update every %ld step(s);\n", o->bias_ema, o->bias_every);
+    else if (o->bias_every > 1) printf("summed over %ld steps, one update per %ld steps;\n", o->bias_every, o->bias_every);
+    else printf("each step's own (SPEC);\n");
+    printf("  (b): aux alpha %g; (a), (b): softmax\n", o->aux_alpha);
     const int64_t nv_eval = DS4_MIN((int64_t)nval, (int64_t)o->eval_tokens) - 1;   /* tokens with a target */
     printf("  data: %s, %.2fM training tokens per run (%ld steps x %ld x %ld, lr %g, same batches),\n"
            "  sampled from %zu tokens: every %ld-th block of %d tokens is held out;\n"
@@ -443,7 +599,9 @@ static int run_study(const moe_opts *o) {
     }
     printf("    training:");
     for (int r = 0; r < N_RUNS; r++)
-        if (done[r]) printf("  %s %.1f%% (aux loss %.4f)", RUN_KEY[r], 100 * res[r].train_util, res[r].aux_loss);
+        if (done[r])
+            printf("  %s %.1f%% (summed over those steps %.1f%%; aux loss %.4f)", RUN_KEY[r], 100 * res[r].train_util,
+                   100 * res[r].win_util, res[r].aux_loss);
     printf("\n");
     /* communication: hierarchical against flat top-k of the same scores on the same placement */
     double ratio[2] = {NAN, NAN};
@@ -483,11 +641,11 @@ static int run_study(const moe_opts *o) {
             printf(",\"%s\":{\"val_loss\":%.5f,\"heldout_train_loss\":%.5f,\"val_utilization\":%.4f,\"utilization\":%.4f,\"min_layer_utilization\":%.4f,\"max_vio\":%.4f,"
                    "\"dead\":%d,\"cv\":%.4f,\"bytes_per_token_r4\":%.1f,\"bytes_per_token_r8\":%.1f,"
                    "\"flat_bytes_per_token_r4\":%.1f,\"flat_bytes_per_token_r8\":%.1f,\"train_utilization\":%.4f,"
-                   "\"aux_loss\":%.5f,\"tokens_per_s\":%.1f,\"seconds\":%.1f}",
+                   "\"train_window_utilization\":%.4f,\"aux_loss\":%.5f,\"tokens_per_s\":%.1f,\"seconds\":%.1f}",
                    RUN_KEY[r], res[r].val_loss, res[r].held_loss, res[r].st_val.util, res[r].st.util, res[r].st.min_util, res[r].st.maxvio, res[r].st.dead,
                    res[r].st.cv, report_bytes(&res[r].rep, 0, 0, eb), report_bytes(&res[r].rep, 1, 0, eb),
                    report_bytes(&res[r].rep, 0, 1, eb), report_bytes(&res[r].rep, 1, 1, eb), res[r].train_util,
-                   res[r].aux_loss, res[r].tokens_per_s, res[r].seconds);
+                   res[r].win_util, res[r].aux_loss, res[r].tokens_per_s, res[r].seconds);
     if (done[RUN_HIER]) printf(",\"comm_ratio_r4\":%.4f,\"comm_ratio_r8\":%.4f", ratio[0], ratio[1]);
     printf(",\"heldout_tokens\":%lld,\"uniform_utilization_ceiling\":%.4f,\"val_uniform_utilization_ceiling\":%.4f",
            (long long)res[any].rep.tokens, ceil_u, ceil_v);
@@ -706,6 +864,7 @@ int bench_moe(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (cli_is_help(a)) { help(); return 0; }
+        if (!strcmp(a, "--diag")) { o.diag = 1; continue; }
         if (!strcmp(a, "--layer") || !strcmp(a, "--routing") || !strcmp(a, "--study")) {
             if (!only) o.do_study = o.do_routing = o.do_layer = 0;
             only = 1;
@@ -725,10 +884,11 @@ int bench_moe(int argc, char **argv) {
             {"--seed", &o.seed, 0, 1L << 40}, {"--route-tokens", &o.route_tokens, 1, 1 << 20},
             {"--layer-tokens", &o.layer_tokens, 1, 1 << 20}, {"--elem-bytes", &o.elem_bytes, 1, 8},
             {"--log-every", &o.log_every, 1, 1L << 30}, {"--holdout-every", &o.holdout_every, 0, 1L << 20},
+            {"--bias-every", &o.bias_every, 1, 1L << 20},
         };
         struct { const char *name; double *dst; } fls[] = {
             {"--lr", &o.lr}, {"--bias-rate", &o.bias_rate}, {"--aux-alpha", &o.aux_alpha},
-            {"--bias-freeze", &o.bias_freeze}, {"--hier-aux-alpha", &o.hier_aux_alpha},
+            {"--bias-freeze", &o.bias_freeze}, {"--hier-aux-alpha", &o.hier_aux_alpha}, {"--bias-ema", &o.bias_ema},
         };
         int done = 0;
         for (size_t j = 0; j < sizeof ints / sizeof ints[0] && !done; j++)
@@ -757,8 +917,8 @@ int bench_moe(int argc, char **argv) {
         else return cli_unknown("bench moe", a);
     }
     int rc = 0;
-    if (!(o.bias_freeze >= 0 && o.bias_freeze < 1) || !(o.hier_aux_alpha >= 0)) {
-        fprintf(stderr, "ds4 bench moe: --bias-freeze must be in [0, 1) and --hier-aux-alpha >= 0\n");
+    if (!(o.bias_freeze >= 0 && o.bias_freeze < 1) || !(o.hier_aux_alpha >= 0) || !(o.bias_ema >= 0 && o.bias_ema < 1)) {
+        fprintf(stderr, "ds4 bench moe: --bias-freeze and --bias-ema must be in [0, 1) and --hier-aux-alpha >= 0\n");
         return 2;
     }
     if (o.do_layer && (rc = run_layer(&o)) != 0) return rc;

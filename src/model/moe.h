@@ -96,6 +96,17 @@ void ds4_moe_bias_update(float *bias, const int64_t *load, int E, float u);
  * tokens). The update rule itself stays b_i += rate * sign(mean - load_i). */
 float ds4_moe_bias_rate_scheduled(float u, long step, long total, int follow_lr, float lr_frac, float freeze_frac);
 
+/* Options beside the SPEC rule (ds4 bench moe --bias-every / --bias-ema): the
+ * sign rule on loads measured over a longer window than one step. win [E]
+ * accumulates per-step loads: with beta = 0 it sums them (the caller applies
+ * the update every K steps and starts a new window with first = 1), with
+ * 0 < beta < 1 it is an EMA, win = beta * win + (1 - beta) * load (first = 1:
+ * win = load). ds4_moe_bias_update_window then applies
+ * b_i += u * sign(mean(win) - win_i); on one step's loads it equals
+ * ds4_moe_bias_update. */
+void ds4_moe_load_window_add(double *win, const int64_t *load, int E, double beta, int first);
+void ds4_moe_bias_update_window(float *bias, const double *load, int E, float u);
+
 struct ds4_acts;
 /* Add the per-expert loads of the last training forward (acts of every
  * layer) into loads [L, E] (rows of dense layers untouched). */

@@ -95,6 +95,22 @@ void ds4_moe_bias_update(float *bias, const int64_t *load, int E, float u) {
     }
 }
 
+void ds4_moe_bias_update_window(float *bias, const double *load, int E, float u) {
+    double total = 0;
+    for (int e = 0; e < E; e++) total += load[e];
+    for (int e = 0; e < E; e++) {
+        const double scaled = load[e] * (double)E;
+        if (scaled < total) bias[e] += u;
+        else if (scaled > total) bias[e] -= u;
+    }
+}
+
+void ds4_moe_load_window_add(double *win, const int64_t *load, int E, double beta, int first) {
+    for (int e = 0; e < E; e++)
+        win[e] = first ? (double)load[e] : (beta > 0 ? beta * win[e] + (1 - beta) * (double)load[e]
+                                                     : win[e] + (double)load[e]);
+}
+
 float ds4_moe_bias_rate_scheduled(float u, long step, long total, int follow_lr, float lr_frac, float freeze_frac) {
     if (freeze_frac > 0 && total > 0 && (double)step >= (1.0 - freeze_frac) * (double)total) return 0.0f;
     return follow_lr ? u * lr_frac : u;
