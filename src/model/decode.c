@@ -25,8 +25,9 @@
 #endif
 
 typedef struct {            /* per-thread buffers */
+    float *xn;              /* [D] this thread's copy of the normed residual */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
-    int have8, haveK;
+    int have8, haveK, haveN;
 } dthread;
 
 
@@ -39,18 +40,18 @@ typedef struct {            /* one weight matrix, rows split into chunks */
     int acc, rope;          /* y +=; rotate each chunk's heads (chunks hold whole heads) */
 } dseg;
 
-typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = S->xn */
+typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = normed x */
 
 typedef struct dlayer_s {
     djob qkv, o, gu, down;
 } dlayer;
 
-enum { PH_NORM, PH_MV, PH_GU, PH_ATT };
+enum { PH_MV, PH_GU, PH_ATT };
 
 typedef struct dphase_s {
     int kind;
     const djob *job;          /* PH_MV; PH_GU: job->s[0] gate, s[1] up */
-    const float *nw;          /* PH_NORM: weight [D] (x -> xn) */
+    const float *nw;          /* PH_MV/PH_GU with job->x NULL: the input is rmsnorm(x) * nw [D] */
     int layer;                /* PH_ATT */
     int total;                /* chunks */
 } dphase;
@@ -63,7 +64,6 @@ typedef struct dsync_s {      /* one thread's lane of one phase, on its own line
 struct ds4_decode_scratch {
     int D, Q, KD, F, V, Dh, L, nth;
     float *x;               /* [D] residual stream */
-    float *xn;              /* [D] normed residual, input of the next matvec */
     float *q;               /* [Q] roped queries */
     float *att;             /* [Q] attention output */
     float *h;               /* [F] silu(gate) * up */
@@ -71,8 +71,8 @@ struct ds4_decode_scratch {
     ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
     dthread *t;             /* [nth] */
     dlayer *plan;       /* [L] this token's work plan */
-    dphase *ph;         /* [7 L + 2] phases of a region */
-    dsync *sync;        /* [7 L + 2][nth] their lanes */
+    dphase *ph;         /* [5 L + 1] phases of a region */
+    dsync *sync;        /* [5 L + 1][nth] their lanes */
 };
 
 static size_t act_bytes8(int in) { return (size_t)(in / DS4_QK8_0 + 1) * sizeof(ds4_block_q8_0); }
@@ -81,10 +81,10 @@ static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(d
 void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (!s) return;
     if (s->t)
-        for (int i = 0; i < s->nth; i++) { free(s->t[i].xq8); free(s->t[i].xqk); }
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); }
     free(s->t);
     free(s->plan); free(s->ph); free(s->sync);
-    free(s->x); free(s->xn); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
+    free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
     ds4_acts_free(s->moe);
     free(s);
 }
@@ -98,18 +98,18 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     s->L = c->num_hidden_layers;
     int max_in = DS4_MAX(DS4_MAX(s->D, s->Q), s->F);
     s->x = ds4_alloc_aligned(sizeof(float) * s->D);
-    s->xn = ds4_alloc_aligned(sizeof(float) * s->D);
     s->plan = ds4_calloc((size_t)s->L, sizeof(dlayer));
-    s->ph = ds4_calloc((size_t)(7 * s->L + 2), sizeof(dphase));
-    s->sync = ds4_alloc_aligned((size_t)(7 * s->L + 2) * (size_t)nth * sizeof(dsync));
+    s->ph = ds4_calloc((size_t)(5 * s->L + 1), sizeof(dphase));
+    s->sync = ds4_alloc_aligned((size_t)(5 * s->L + 1) * (size_t)nth * sizeof(dsync));
     s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->att = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->h = ds4_alloc_aligned(sizeof(float) * (s->F > 0 ? s->F : 1));
     s->cs = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->sn = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->t = ds4_calloc((size_t)nth, sizeof *s->t);
-    if (!s->x || !s->xn || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
+    if (!s->x || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
     for (int i = 0; i < nth; i++) {
+        if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
         if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
         if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
     }
@@ -244,7 +244,7 @@ static void mv_chunk(const djob *j, const ds4_decode_scratch *S, dthread *t, int
     while (c >= j->s[k].nch) c -= j->s[k++].nch;
     const dseg *s = &j->s[k];
     const int r0 = c * s->cr, r1 = DS4_MIN(s->rows, r0 + s->cr);
-    seg_rows(s, t, j->x ? j->x : S->xn, r0, r1);
+    seg_rows(s, t, j->x ? j->x : t->xn, r0, r1);
     if (s->rope) ds4_rope_heads(s->y + r0, S->cs, S->sn, (r1 - r0) / S->Dh, S->Dh);
 }
 
@@ -256,8 +256,8 @@ static void gu_chunk(const djob *j, const ds4_decode_scratch *S, dthread *t, int
     dseg gs = *g, us = *u;
     gs.y = gb - r0;
     us.y = ub - r0;
-    seg_rows(&gs, t, S->xn, r0, r1);
-    seg_rows(&us, t, S->xn, r0, r1);
+    seg_rows(&gs, t, t->xn, r0, r1);
+    seg_rows(&us, t, t->xn, r0, r1);
     for (int i = 0; i < r1 - r0; i++) {
         const float sg = 1.0f / (1.0f + expf(-gb[i]));
         S->h[r0 + i] = gb[i] * sg * ub[i];
@@ -292,12 +292,15 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
     for (int p = 0; p < n_ph; p++) {
         const dphase *P = &ph[p];
         dsync *ln = sy + (size_t)p * nth;
-        t->have8 = t->haveK = 0;
+        t->have8 = t->haveK = t->haveN = 0;
         for (int k = 0; k < nth; k++) {           /* own lane first, then the others' */
             dsync *L = &ln[(me + k) % nth];
             for (int c; (c = lane_claim(L, k == 0)) >= 0;) {
+                if (P->nw && !t->haveN) {           /* the norm, once per thread that works here */
+                    norm_row(t->xn, S->x, P->nw, S->D, eps);
+                    t->haveN = 1;
+                }
                 switch (P->kind) {
-                case PH_NORM: norm_row(S->xn, S->x, P->nw, S->D, eps); break;
                 case PH_MV: mv_chunk(P->job, S, t, c); break;
                 case PH_GU: gu_chunk(P->job, S, t, c); break;
                 case PH_ATT: att_chunk(X, S, P->layer, c); break;
@@ -344,15 +347,13 @@ static int add_phase(dphase *ph, int n, int kind, const djob *job, const float *
 
 /* attention half of layer l: x += o_proj(attn(norm(x))) */
 static int add_attn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
-    n = add_phase(ph, n, PH_NORM, NULL, m->w.layers[l].input_layernorm, l, 1);
-    n = add_phase(ph, n, PH_MV, &P->qkv, NULL, l, P->qkv.total);
+    n = add_phase(ph, n, PH_MV, &P->qkv, m->w.layers[l].input_layernorm, l, P->qkv.total);
     n = add_phase(ph, n, PH_ATT, NULL, NULL, l, m->cfg.num_attention_heads);
     return add_phase(ph, n, PH_MV, &P->o, NULL, l, P->o.total);
 }
 
 static int add_ffn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
-    n = add_phase(ph, n, PH_NORM, NULL, m->w.layers[l].post_attention_layernorm, l, 1);
-    n = add_phase(ph, n, PH_GU, &P->gu, NULL, l, P->gu.total);
+    n = add_phase(ph, n, PH_GU, &P->gu, m->w.layers[l].post_attention_layernorm, l, P->gu.total);
     return add_phase(ph, n, PH_MV, &P->down, NULL, l, P->down.total);
 }
 
@@ -414,8 +415,7 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
         }
         if (l < L) n = add_attn(S->ph, n, m, l, &P[l]);
         else if (logits) {
-            n = add_phase(S->ph, n, PH_NORM, NULL, m->w.norm, l, 1);
-            n = add_phase(S->ph, n, PH_MV, &lm, NULL, l, lm.total);
+            n = add_phase(S->ph, n, PH_MV, &lm, m->w.norm, l, lm.total);
         }
         run_region(&X, S->ph, n, S, nth);
         if (l == L) break;
