@@ -19,6 +19,20 @@ static inline uint16_t f2h(float f) { return ds4_fp32_to_fp16(f); }
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+
+/* fp16 -> fp32 of every half, so a block scale is a broadcast load with no
+ * conversion uops in the inner loops (filled before main runs). */
+static float h2f_table[1 << 16];
+
+__attribute__((constructor)) static void h2f_table_fill(void) {
+    for (int i = 0; i < 1 << 16; i++) h2f_table[i] = ds4_fp16_to_fp32((uint16_t)i);
+}
+
+/* [h2f(a) x 4 | h2f(b) x 4]: the scales of two blocks, one per 128-bit lane */
+static inline __m256 scale_pair(uint16_t a, uint16_t b) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(&h2f_table[a])),
+                                _mm_broadcast_ss(&h2f_table[b]), 1);
+}
 /* Weights stream from memory once per matvec. The hardware prefetcher alone
  * leaves a core waiting on each row's first lines; prefetching PF_DIST bytes
  * ahead into L2 keeps enough misses in flight to overlap memory and compute
@@ -139,52 +153,83 @@ void ds4_dot_q8_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, s
     DISPATCH(dot_q8_0, n, w, x, ws, xs, o, os)
 }
 
-/* Q4_0: the 16 nibble bytes go to both lanes and the upper lane is shifted
- * right by 4, so after the mask the lower lane holds elements 0..15 (low
- * nibbles) and the upper 16..31 (high nibbles), as unsigned q in 0..15; then
- * sum (q - 8) x = maddubs(q, x) - maddubs(8, x), pairwise in int16. */
+/* Q4_0: two blocks at a time. Their 16 nibble bytes fill the two lanes of one
+ * vector; the mask gives elements 0..15 of each block (low nibbles), the
+ * shift and mask elements 16..31, as unsigned q in 0..15, against the matching
+ * halves of the two activation blocks. Per lane, sum (q - 8) x = maddubs(q_lo,
+ * x_lo) + maddubs(q_hi, x_hi) - maddubs(8, x_lo + x_hi), pairwise in int16;
+ * then 4 int32 partial sums per block, times [dw dx] of that block's lane.
+ * An odd last block goes alone into a second accumulator. */
 INLINE void dot_q4_0(int n, const char *w, const char *x, size_t ws, size_t xs, float *o, size_t os,
                      const int NW, const int NX) {
     const __m256i m4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
-    __m256 acc[4][4][2];
+    __m256 acc[4][4];
     for (int k = 0; k < NW; k++)
-        for (int r = 0; r < NX; r++) acc[k][r][0] = acc[k][r][1] = _mm256_setzero_ps();
+        for (int r = 0; r < NX; r++) acc[k][r] = _mm256_setzero_ps();
     const int nb = n / DS4_QK4_0;
-    for (int b0 = 0; b0 < nb; b0 += 2) {
-        for (int u = 0; u < 2 && b0 + u < nb; u++) {
-            const int b = b0 + u;
-            /* with several weight rows the activation side is loaded once
-             * per block; with one, inline (fewer live registers) */
-            __m256i qx[4], x8[4];
-            float dx[4];
-            if (NW > 1)
-                for (int r = 0; r < NX; r++) {
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        /* with several weight rows the activation side is prepared once per
+         * block pair; with one, inline (fewer live registers) */
+        __m256i xl[4], xh[4], x8[4];
+        __m256 dx[4];
+        if (NW > 1)
+            for (int r = 0; r < NX; r++) {
+                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[0].qs);
+                const __m256i a1 = _mm256_loadu_si256((const __m256i *)xb[1].qs);
+                xl[r] = _mm256_permute2x128_si256(a0, a1, 0x20);
+                xh[r] = _mm256_permute2x128_si256(a0, a1, 0x31);
+                x8[r] = _mm256_add_epi16(_mm256_maddubs_epi16(eight, xl[r]), _mm256_maddubs_epi16(eight, xh[r]));
+                dx[r] = scale_pair(xb[0].d, xb[1].d);
+            }
+        for (int k = 0; k < NW; k++) {
+            const ds4_block_q4_0 *wb = (const ds4_block_q4_0 *)(w + k * ws) + b;
+            PREFETCH(wb);
+            const __m256i raw = _mm256_loadu2_m128i((const __m128i *)wb[1].qs, (const __m128i *)wb[0].qs);
+            const __m256i lo = _mm256_and_si256(raw, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            const __m256 dw = scale_pair(wb[0].d, wb[1].d);
+            for (int r = 0; r < NX; r++) {
+                __m256i xlr, xhr, x8r;
+                __m256 dxr;
+                if (NW > 1) {
+                    xlr = xl[r]; xhr = xh[r]; x8r = x8[r]; dxr = dx[r];
+                } else {
                     const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-                    qx[r] = _mm256_loadu_si256((const __m256i *)xb->qs);
-                    x8[r] = _mm256_maddubs_epi16(eight, qx[r]);
-                    dx[r] = h2f(xb->d);
+                    const __m256i a0 = _mm256_loadu_si256((const __m256i *)xb[0].qs);
+                    const __m256i a1 = _mm256_loadu_si256((const __m256i *)xb[1].qs);
+                    xlr = _mm256_permute2x128_si256(a0, a1, 0x20);
+                    xhr = _mm256_permute2x128_si256(a0, a1, 0x31);
+                    x8r = _mm256_add_epi16(_mm256_maddubs_epi16(eight, xlr), _mm256_maddubs_epi16(eight, xhr));
+                    dxr = scale_pair(xb[0].d, xb[1].d);
                 }
-            for (int k = 0; k < NW; k++) {
-                const ds4_block_q4_0 *wb = (const ds4_block_q4_0 *)(w + k * ws) + b;
-                if (u == 0) PREFETCH(wb);
-                __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)wb->qs));
-                __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
-                float dw = h2f(wb->d);
-                for (int r = 0; r < NX; r++) {
-                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
-                    __m256i qxr = NW > 1 ? qx[r] : _mm256_loadu_si256((const __m256i *)xb->qs);
-                    __m256i s8 = NW > 1 ? x8[r] : _mm256_maddubs_epi16(eight, qxr);
-                    float dxr = NW > 1 ? dx[r] : h2f(xb->d);
-                    __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qw, qxr), s8);
-                    __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                    acc[k][r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dw * dxr), p, acc[k][r][u]);
-                }
+                const __m256i p16 = _mm256_sub_epi16(
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlr), _mm256_maddubs_epi16(hi, xhr)), x8r);
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                acc[k][r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dxr), p, acc[k][r]);
             }
         }
     }
+    if (b < nb) {                 /* odd block count: the last block alone, in the lower lane */
+        const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+        for (int k = 0; k < NW; k++) {
+            const ds4_block_q4_0 *wb = (const ds4_block_q4_0 *)(w + k * ws) + b;
+            const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)wb->qs));
+            const __m256i qw = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+            for (int r = 0; r < NX; r++) {
+                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)(x + r * xs) + b;
+                const __m256i qx = _mm256_loadu_si256((const __m256i *)xb->qs);
+                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(qw, qx), _mm256_maddubs_epi16(eight, qx));
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                const float d = h2f_table[wb->d] * h2f_table[xb->d];
+                o[r * os + k] = hsum8(acc[k][r]) + d * hsum8(p);
+            }
+        }
+        return;
+    }
     for (int k = 0; k < NW; k++)
-        for (int r = 0; r < NX; r++) o[r * os + k] = hsum8(_mm256_add_ps(acc[k][r][0], acc[k][r][1]));
+        for (int r = 0; r < NX; r++) o[r * os + k] = hsum8(acc[k][r]);
 }
 
 void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,
