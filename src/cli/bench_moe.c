@@ -24,6 +24,7 @@ typedef struct moe_opts {
     long vocab, hidden, layers, experts, groups, topk_group, topk_per_group, moe_inter, plain_k;
     long steps, batch, seq, eval_tokens, seed, route_tokens, layer_tokens, elem_bytes, log_every;
     long holdout_every;      /* every N-th block of the training text is held out (0: none) */
+    long bias_calib;         /* (c): every N-th remaining block is the bias's load stream, trained on by no run (0: off) */
     long bias_every;         /* (c): bias update every K steps on the loads summed over them [1: SPEC] */
     double lr, bias_rate, aux_alpha, bias_freeze, hier_aux_alpha;
     double bias_ema;         /* (c): sign rule on an EMA of the per-step loads (0: off, SPEC) */
@@ -88,6 +89,9 @@ static void help(void) {
            "  --bias-every K       (c): the sign rule on the loads summed over K steps, applied every K-th\n"
            "                       step (u per update) instead of every step's own loads [1: SPEC]\n"
            "  --bias-ema B         (c): the sign rule on an EMA (beta B) of the per-step loads [0: off, SPEC]\n"
+           "  --bias-calib N       (c): the sign rule on the loads of a forward on B x T tokens of a calibration\n"
+           "                       stream after each step, not on the step's own loads: every N-th block of\n"
+           "                       the training text left after --holdout-every, trained on by no run [0: off, SPEC]\n"
            "  --diag               (c): also held-out utilization with the bias averaged over the last 10%%\n"
            "                       of the steps, and each layer's hottest held-out expert against training\n"
            "  --holdout-every N    hold out every N-th block of 4096 training tokens (never sampled for training)\n"
@@ -228,6 +232,8 @@ typedef struct run_result {
 typedef struct heldout {
     const int *val, *blocks;
     size_t nval, nblocks;
+    const int *calib;        /* --bias-calib stream (NULL: off) */
+    size_t ncalib;
 } heldout;
 
 /* Training text split into blocks of HOLDOUT_BLOCK tokens: every every-th
@@ -348,14 +354,16 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
     const int E = c->n_routed_experts, L = c->num_hidden_layers;
     const size_t LE = (size_t)L * E;
     /* (c) with --bias-every / --bias-ema: the bias is updated here from a load window, not by the step */
-    const int own_rule = run == RUN_HIER && (o->bias_every > 1 || o->bias_ema > 0);
+    const int own_rule = run == RUN_HIER && (o->bias_every > 1 || o->bias_ema > 0 || ho->calib);
+    ds4_rng crng;                                    /* calibration batches */
+    ds4_rng_seed(&crng, (uint64_t)o->seed * 104729 + 3);
     int64_t *step_load = calloc(LE, sizeof(int64_t)), *tail_load = calloc(LE, sizeof(int64_t));
-    int64_t *log_load = calloc(LE, sizeof(int64_t));
+    int64_t *log_load = calloc(LE, sizeof(int64_t)), *calib_load = calloc(LE, sizeof(int64_t));
     int *tail_above = calloc(LE, sizeof(int));       /* tail steps in which the expert's load > mean */
     double *win = calloc(LE, sizeof(double)), *bias_sum = calloc(LE, sizeof(double));
     float *bias_live = calloc(LE, sizeof(float));
     int rc = -1;
-    if (!ctx || !grads || !buf || !step_load || !tail_load || !log_load || !tail_above || !win || !bias_sum ||
+    if (!ctx || !grads || !buf || !step_load || !tail_load || !log_load || !tail_above || !win || !bias_sum || !calib_load ||
         !bias_live || ds4_adamw_init(&opt, m) != 0)
         goto out;
     ds4_rng rng;
@@ -383,13 +391,23 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
                                                        lr / (float)o->lr, (float)o->bias_freeze);
         m->cfg.router_bias_update_rate = own_rule ? 0.0f : rate;
         ds4_train_ctx_moe_step(ctx, m, &ms);
+        if (own_rule && ho->calib) {     /* --bias-calib: loads of the updated model on unseen tokens */
+            for (int b = 0; b < B; b++) {
+                const size_t off = (size_t)(ds4_rng_u64(&crng) % (uint64_t)(ho->ncalib - (size_t)T - 1));
+                memcpy(buf + (size_t)b * (T + 1), ho->calib + off, sizeof(int) * (size_t)(T + 1));
+            }
+            if (isnan(ds4_train_ctx_loss(ctx, m, buf))) goto out;
+            memset(calib_load, 0, LE * sizeof(int64_t));
+            ds4_moe_loads_add(&m->cfg, ds4_train_ctx_acts(ctx), calib_load);
+        }
         if (own_rule) {
             const int every = (int)o->bias_every;
             const int first = o->bias_ema > 0 ? s == 0 : s % every == 0;
             const int apply = (s + 1) % every == 0 && rate > 0;
             for (int l = 0; l < L; l++) {
                 if (!ds4_layer_is_moe(c, l)) continue;
-                ds4_moe_load_window_add(win + (size_t)l * E, step_load + (size_t)l * E, E, o->bias_ema, first);
+                ds4_moe_load_window_add(win + (size_t)l * E, (ho->calib ? calib_load : step_load) + (size_t)l * E, E,
+                                        o->bias_ema, first);
                 if (apply) ds4_moe_bias_update_window(m->w.layers[l].router_bias, win + (size_t)l * E, E, rate);
             }
         }
@@ -470,7 +488,7 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
 out:
     ds4_adamw_free(&opt);
     free(grads); free(buf);
-    free(step_load); free(tail_load); free(log_load); free(tail_above); free(win); free(bias_sum); free(bias_live);
+    free(step_load); free(tail_load); free(log_load); free(tail_above); free(win); free(bias_sum); free(bias_live); free(calib_load);
     ds4_train_ctx_free(ctx);
     ds4_model_free(m);
     return rc;
@@ -521,26 +539,39 @@ static int run_study(const moe_opts *o) {
         free(all);
         if (src != 0) { free(val); return cli_fail("bench moe"); }
     }
+    int *calib = NULL;
+    size_t ncalib = 0;
+    if (o->bias_calib > 0) {   /* every --bias-calib-th block of what is left: (c)'s load stream, trained on by no run */
+        int *all = train;
+        const size_t nall = ntrain;
+        const int src = split_holdout(all, nall, o->bias_calib, &train, &ntrain, &calib, &ncalib);
+        free(all);
+        if (src != 0 || ncalib < (size_t)o->seq + 2) {
+            free(train); free(val); free(held); free(calib);
+            fprintf(stderr, "ds4 bench moe: --bias-calib %ld leaves %zu calibration tokens\n", o->bias_calib, ncalib);
+            return 1;
+        }
+    }
     if (ntrain < (size_t)o->seq + 2 || nval < (size_t)(o->batch * (o->seq + 1))) {
         fprintf(stderr, "ds4 bench moe: too few tokens (train %zu, val %zu) for --batch/--seq\n", ntrain, nval);
-        free(train); free(val); free(held);
+        free(train); free(val); free(held); free(calib);
         return 1;
     }
     ds4_config cfgs[N_RUNS];
     for (int r = 0; r < N_RUNS; r++) {
         study_config(&cfgs[r], o, vocab, r);
-        if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); free(held); return cli_fail("bench moe"); }
+        if (ds4_config_validate(&cfgs[r]) != 0) { free(train); free(val); free(held); free(calib); return cli_fail("bench moe"); }
     }
     const long tokens = o->steps * o->batch * o->seq;
     fprintf(stderr, "ds4 bench moe --study: %zu train / %zu val + %zu held-out train tokens (vocab %d), "
             "%ld steps x %ld x %ld = %.2fM tokens per run\n",
             ntrain, nval, nheld, vocab, o->steps, o->batch, o->seq, tokens / 1e6);
-    const heldout ho = {.val = val, .nval = nval, .blocks = held, .nblocks = nheld};
+    const heldout ho = {.val = val, .nval = nval, .blocks = held, .nblocks = nheld, .calib = calib, .ncalib = ncalib};
     run_result res[N_RUNS];
     memset(res, 0, sizeof res);
     for (int r = 0; r < N_RUNS; r++)
         if (strchr(o->runs, 'a' + r) && train_one(o, &cfgs[r], train, ntrain, &ho, r, &res[r]) != 0) {
-            free(train); free(val); free(held);
+            free(train); free(val); free(held); free(calib);
             for (int q = 0; q < N_RUNS; q++) ds4_moe_report_free(&res[q].rep);
             return cli_fail("bench moe");
         }
@@ -548,7 +579,7 @@ static int run_study(const moe_opts *o) {
     const ds4_config *ch = &cfgs[RUN_HIER];
     int done[N_RUNS], any = -1;
     for (int r = 0; r < N_RUNS; r++) { done[r] = strchr(o->runs, 'a' + r) != NULL; if (done[r] && any < 0) any = r; }
-    if (any < 0) { fprintf(stderr, "ds4 bench moe: --runs selects none of a, b, c\n"); free(train); free(val); free(held); return 2; }
+    if (any < 0) { fprintf(stderr, "ds4 bench moe: --runs selects none of a, b, c\n"); free(train); free(val); free(held); free(calib); return 2; }
     printf("ds4 bench moe --study (%d threads, %.0f s)\n", omp_get_max_threads(), ds4_time_s() - t_start);
     printf("  model: V %d, D %d, L %d (layer 0 dense, FFN %d), %d experts x %d wide + 1 shared, k %d (flat runs: k %d)\n",
            vocab, ch->hidden_size, ch->num_hidden_layers, ch->intermediate_size, ch->n_routed_experts,
@@ -557,6 +588,9 @@ static int run_study(const moe_opts *o) {
            "  (c)'s load for the sign rule: ", ch->n_group, ch->n_routed_experts / ch->n_group, ch->topk_group,
            ch->topk_per_group, o->bias_rate, o->bias_follow_lr ? "x lr/peak" : "constant",
            o->bias_freeze > 0 ? ", frozen at the end" : "", o->hier_aux_alpha);
+    if (o->bias_calib > 0) printf("a forward on %ld x %ld tokens of the calibration stream (%zu tokens, every %ld-th\n"
+                                  "  remaining training block, trained on by no run) after each step; ", o->batch, o->seq,
+                                  ncalib, o->bias_calib);
     if (o->bias_ema > 0) printf("EMA of the step loads, beta %g, update every %ld step(s);\n", o->bias_ema, o->bias_every);
     else if (o->bias_every > 1) printf("summed over %ld steps, one update per %ld steps;\n", o->bias_every, o->bias_every);
     else printf("each step's own (SPEC);\n");
@@ -651,7 +685,7 @@ static int run_study(const moe_opts *o) {
            (long long)res[any].rep.tokens, ceil_u, ceil_v);
     printf("}\n");
     for (int r = 0; r < N_RUNS; r++) ds4_moe_report_free(&res[r].rep);
-    free(train); free(val); free(held);
+    free(train); free(val); free(held); free(calib);
     return 0;
 }
 
@@ -884,7 +918,7 @@ int bench_moe(int argc, char **argv) {
             {"--seed", &o.seed, 0, 1L << 40}, {"--route-tokens", &o.route_tokens, 1, 1 << 20},
             {"--layer-tokens", &o.layer_tokens, 1, 1 << 20}, {"--elem-bytes", &o.elem_bytes, 1, 8},
             {"--log-every", &o.log_every, 1, 1L << 30}, {"--holdout-every", &o.holdout_every, 0, 1L << 20},
-            {"--bias-every", &o.bias_every, 1, 1L << 20},
+            {"--bias-every", &o.bias_every, 1, 1L << 20}, {"--bias-calib", &o.bias_calib, 0, 1L << 20},
         };
         struct { const char *name; double *dst; } fls[] = {
             {"--lr", &o.lr}, {"--bias-rate", &o.bias_rate}, {"--aux-alpha", &o.aux_alpha},
