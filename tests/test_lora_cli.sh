@@ -114,6 +114,24 @@ grep -q "fp32" "$W/log" || fail "merge on q8_0 does not say the result is fp32"
 g=$(gen "$W/m.gguf" --lora "$W/ad") || fail "generate GGUF --lora: $(cat "$W/err")"
 [ "$g" = "$ad" ] || fail "generate GGUF --lora '$g' differs from the directory with --lora '$ad'"
 
+# --stop-after + --resume continue bit-for-bit: 6 steps at once == 3 + 3 (same adapter bytes)
+ft6() { "$DS4" finetune --model "$W/m" --data "$W/new_train.txt" --val "$W/new_val.txt" --lora-rank 2 \
+    --steps 6 --batch 2 --seq 16 --eval-every 2 --eval-batches 1 --quiet "$@"; }
+ft6 --out "$W/r1" >"$W/log" 2>&1 || fail "finetune 6 steps: $(cat "$W/log")"
+ft6 --out "$W/r2" --stop-after 3 >"$W/log" 2>&1 || fail "finetune --stop-after: $(cat "$W/log")"
+grep -q "continue with --resume" "$W/log" || fail "--stop-after printed no hint: $(cat "$W/log")"
+cmp -s "$W/r1/adapter_model.safetensors" "$W/r2/adapter_model.safetensors" && fail "3 steps equal 6 steps"
+ft6 --out "$W/r2" --resume --lr 5e-3 >"$W/log" 2>&1 && fail "resume with another --lr accepted"
+grep -q "lr" "$W/log" || fail "resume with another --lr: $(cat "$W/log")"
+ft6 --out "$W/r2" --resume >"$W/log" 2>&1 || fail "finetune --resume: $(cat "$W/log")"
+grep -q "resuming at step 3 of 6" "$W/log" || fail "resume did not start at step 3: $(cat "$W/log")"
+cmp -s "$W/r1/adapter_model.safetensors" "$W/r2/adapter_model.safetensors" \
+    || fail "3 + 3 resumed steps differ from 6 steps"
+[ "$(grep -c '"loss"' "$W/r2/finetune_log.jsonl")" = 6 ] || fail "resumed log does not have 6 step lines"
+"$DS4" finetune --model "$W/m" --data "$W/new_train.txt" --out "$W/nope" --resume --seq 16 >/dev/null 2>"$W/err" \
+    && fail "resume without a checkpoint accepted"
+grep -q "finetune_state.json" "$W/err" || fail "resume without a checkpoint: $(cat "$W/err")"
+
 # errors name the problem
 "$DS4" generate --model "$W/m" --lora "$W/nope" --prompt x -n 1 >/dev/null 2>"$W/err" && fail "missing adapter accepted"
 grep -q "adapter_config.json" "$W/err" || fail "missing adapter: $(cat "$W/err")"

@@ -6,7 +6,8 @@
 #include "lora/lora.h"
 
 static void help(void) {
-    printf("usage: ds4 finetune --model DIR --data TEXTFILE --lora-rank R --out ADAPTER [options]\n\n"
+    printf("usage: ds4 finetune --model DIR --data TEXTFILE --lora-rank R --out ADAPTER [options]\n"
+           "       ds4 finetune --model DIR --data TEXTFILE --out ADAPTER --resume [options]\n\n"
            "Trains a LoRA adapter (W + alpha/r * B A, B [out, r] starts at zero, A [r, in]\n"
            "Kaiming-uniform) on the attention and FFN/expert projections of a frozen base\n"
            "model, and writes ADAPTER/adapter_model.safetensors + adapter_config.json in the\n"
@@ -35,7 +36,11 @@ static void help(void) {
            "  --seed S          adapter init and data sampling seed (1337)\n"
            "  --eval-every N    validation interval (50)\n"
            "  --eval-batches N  validation batches (8)\n"
-           "  --save-every N    also save the adapter every N steps (always at the end)\n"
+           "  --save-every N    also checkpoint every N steps (always at the end)\n"
+           "  --stop-after N    stop after N steps of this run, with a checkpoint (resume later)\n"
+           "  --resume          continue from ADAPTER's checkpoint bit-for-bit (adapter,\n"
+           "                    optimizer.safetensors, finetune_state.json; the first run's flags;\n"
+           "                    rank, alpha and targets come from the adapter)\n"
            "  --log F           JSON Lines log (ADAPTER/finetune_log.jsonl)\n"
            "  --quiet           no live progress line\n"
            "Threads: OMP_NUM_THREADS (default: all cores).\n");
@@ -52,6 +57,7 @@ int cmd_finetune(int argc, char **argv) {
         double x;
         if (cli_is_help(a)) { help(); return 0; }
         if (!strcmp(a, "--quiet")) { o.quiet = 1; continue; }
+        if (!strcmp(a, "--resume")) { o.resume = 1; continue; }
         if (!(v = cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--model")) o.model_dir = v;
         else if (!strcmp(a, "--data")) o.data_path = v;
@@ -75,6 +81,7 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) { if (cli_int(cmd, a, v, 0, 1L << 62, &n)) return 2; o.seed = (uint64_t)n; }
         else if (!strcmp(a, "--eval-every")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.eval_every = n; }
         else if (!strcmp(a, "--eval-batches")) { if (cli_int(cmd, a, v, 1, 1L << 20, &n)) return 2; o.eval_batches = n; }
+        else if (!strcmp(a, "--stop-after")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.stop_after = n; }
         else if (!strcmp(a, "--save-every")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.save_every = n; }
         else if (!strcmp(a, "--lr")) { if (cli_float(cmd, a, v, &x)) return 2; o.lr = (float)x; }
         else if (!strcmp(a, "--min-lr-frac")) { if (cli_float(cmd, a, v, &x)) return 2; o.min_lr_frac = (float)x; }
@@ -82,10 +89,11 @@ int cmd_finetune(int argc, char **argv) {
         else if (!strcmp(a, "--clip")) { if (cli_float(cmd, a, v, &x)) return 2; o.grad_clip = (float)x; }
         else return cli_unknown(cmd, a);
     }
-    if (!o.model_dir || !o.data_path || !o.out_dir || !rank_set) {
-        fprintf(stderr, "ds4 %s: --model, --data, --lora-rank and --out are required (see --help)\n", cmd);
+    if (!o.model_dir || !o.data_path || !o.out_dir || (!rank_set && !o.resume)) {
+        fprintf(stderr, "ds4 %s: --model, --data, --lora-rank (or --resume) and --out are required (see --help)\n", cmd);
         return 2;
     }
+    o.rank_given = rank_set;
     if (ds4_finetune_run(&o) != 0) return cli_fail(cmd);
     return 0;
 }

@@ -1,7 +1,10 @@
 /* finetune.c — LoRA fine-tuning with the base frozen: W = W_base + scale * B A
  * is materialised in a working fp32 copy, the training forward/backward of
  * src/train gives dW, the chain rule gives dA, dB, and AdamW (src/train)
- * updates only A and B. The loop logs like `ds4 train` and saves the adapter. */
+ * updates only A and B. The loop logs like `ds4 train`, saves the adapter,
+ * and checkpoints (adapter, optimizer, run state) that resume bit-for-bit. */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +65,14 @@ void ds4_lora_ft_free(ds4_lora_ft *f) {
 float *ds4_lora_ft_grads(ds4_lora_ft *f) { return f->gL; }
 
 int ds4_lora_ft_adamw_init(ds4_lora_ft *f, ds4_adamw *opt) { return ds4_adamw_init(opt, &f->view); }
+
+int ds4_lora_ft_adamw_save(ds4_lora_ft *f, const ds4_adamw *opt, const char *path, long step) {
+    return ds4_adamw_save(path, &f->view, opt, step);
+}
+
+int ds4_lora_ft_adamw_load(ds4_lora_ft *f, ds4_adamw *opt, const char *path, long step) {
+    return ds4_adamw_load(path, &f->view, opt, step);
+}
 
 double ds4_lora_ft_grad(ds4_lora_ft *f, const int *ids, int accum) {
     ds4_lora_effective(f->l, f->work, f->wbase, f->work->params);
@@ -155,6 +166,94 @@ static double val_loss(ds4_lora_ft *f, const int *val, size_t nval, long batches
     return sum / nb;
 }
 
+/* ---- checkpoint: ADAPTER/finetune_state.json, written last -------------- */
+
+/* the flags a resumed run must repeat (they shape the data stream and schedule) */
+typedef struct { const char *key; double v; } ft_key;
+
+static int ft_keys(const ds4_finetune_opts *o, ft_key *k) {
+    int n = 0;
+    k[n++] = (ft_key){"steps", (double)o->steps};
+    k[n++] = (ft_key){"batch", o->batch};
+    k[n++] = (ft_key){"seq", o->seq};
+    k[n++] = (ft_key){"accum", o->accum};
+    k[n++] = (ft_key){"lr", o->lr};
+    k[n++] = (ft_key){"min_lr_frac", o->min_lr_frac};
+    k[n++] = (ft_key){"warmup", (double)o->warmup};
+    k[n++] = (ft_key){"weight_decay", o->weight_decay};
+    k[n++] = (ft_key){"grad_clip", o->grad_clip};
+    return n;
+}
+
+static int ft_state_save(const char *dir, const ds4_finetune_opts *o, long step, const ds4_rng *rng) {
+    char path[4200], buf[32];
+    snprintf(path, sizeof path, "%s/finetune_state.json", dir);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", (double)step);
+    cJSON *r = cJSON_AddArrayToObject(j, "rng");
+    for (int i = 0; i < 4; i++) {
+        snprintf(buf, sizeof buf, "%" PRIu64, rng->s[i]);
+        cJSON_AddItemToArray(r, cJSON_CreateString(buf));
+    }
+    cJSON *oj = cJSON_AddObjectToObject(j, "opts");
+    ft_key k[16];
+    for (int i = 0, n = ft_keys(o, k); i < n; i++) cJSON_AddNumberToObject(oj, k[i].key, k[i].v);
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!txt) { ds4_set_error("out of memory writing %s", path); return -1; }
+    int rc = ds4_write_file_atomic(path, txt, strlen(txt));
+    free(txt);
+    return rc;
+}
+
+/* step and data rng of the checkpoint; the flags of this run must match its opts */
+static int ft_state_load(const char *dir, const ds4_finetune_opts *o, long *step, ds4_rng *rng) {
+    char path[4200], *txt;
+    snprintf(path, sizeof path, "%s/finetune_state.json", dir);
+    if (ds4_read_file(path, &txt, NULL) != 0) { ds4_error_prefix("resuming: "); return -1; }
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    if (!j) { ds4_set_error("%s: not valid JSON", path); return -1; }
+    int rc = -1;
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "step");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "rng");
+    const cJSON *oj = cJSON_GetObjectItemCaseSensitive(j, "opts");
+    if (!cJSON_IsNumber(st) || st->valuedouble < 0) { ds4_set_error("%s: field 'step' missing or negative", path); goto out; }
+    if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 4) { ds4_set_error("%s: field 'rng' must be 4 strings", path); goto out; }
+    if (!cJSON_IsObject(oj)) { ds4_set_error("%s: field 'opts' missing", path); goto out; }
+    for (int i = 0; i < 4; i++) {
+        const cJSON *v = cJSON_GetArrayItem(r, i);
+        if (!cJSON_IsString(v)) { ds4_set_error("%s: rng[%d] is not a string", path, i); goto out; }
+        rng->s[i] = strtoull(v->valuestring, NULL, 10);
+    }
+    ft_key k[16];
+    for (int i = 0, n = ft_keys(o, k); i < n; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(oj, k[i].key);
+        if (!cJSON_IsNumber(v)) { ds4_set_error("%s: opts.%s missing", path, k[i].key); goto out; }
+        if ((float)v->valuedouble != (float)k[i].v) {
+            ds4_set_error("--resume: %s is %g in this run but %g in %s (give the first run's flags)", k[i].key,
+                          k[i].v, v->valuedouble, path);
+            goto out;
+        }
+    }
+    *step = (long)st->valuedouble;
+    if (*step > o->steps) { ds4_set_error("%s: step %ld is past --steps %ld", path, *step, o->steps); goto out; }
+    rc = 0;
+out:
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* adapter files, then the optimizer, then the run state (its presence marks a complete save) */
+static int ft_checkpoint(ds4_lora_ft *f, const ds4_lora *l, const ds4_adamw *opt, const ds4_finetune_opts *o,
+                         long step, const ds4_rng *rng) {
+    char path[4200];
+    if (ds4_lora_save(l, o->out_dir) != 0) return -1;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", o->out_dir);
+    if (ds4_lora_ft_adamw_save(f, opt, path, step) != 0) return -1;
+    return ft_state_save(o->out_dir, o, step, rng);
+}
+
 int ds4_finetune_run(const ds4_finetune_opts *o_in) {
     ds4_finetune_opts o = *o_in;
     if (o.warmup < 0) o.warmup = o.steps / 20;
@@ -185,16 +284,33 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
         goto out;
     }
     if (o.val_path && read_tokens(o.val_path, tok, &val, &nval) != 0) goto out;
-    if (!(l = ds4_lora_create(m, o.rank, o.alpha, o.targets, o.seed))) goto out;
-    snprintf(l->base_model, sizeof l->base_model, "%s", o.model_dir);
+    ds4_rng rng;
+    ds4_rng_seed(&rng, o.seed ^ 0x5eed5eed5eedULL);
+    long first = 0;
+    if (o.resume) {             /* the adapter, its rank/alpha/targets, step and data stream from OUT */
+        if (ft_state_load(o.out_dir, &o, &first, &rng) != 0) goto out;
+        if (!(l = ds4_lora_load(m, o.out_dir))) { ds4_error_prefix("resuming from %s: ", o.out_dir); goto out; }
+        if (o.rank_given && (l->rank != o.rank || l->targets != o.targets || l->alpha != o.alpha)) {
+            ds4_set_error("--resume: the adapter in %s has r %d, alpha %g; this run asks for r %d, alpha %g "
+                          "(or other --targets)", o.out_dir, l->rank, l->alpha, o.rank, o.alpha);
+            goto out;
+        }
+    } else {
+        if (!(l = ds4_lora_create(m, o.rank, o.alpha, o.targets, o.seed))) goto out;
+        snprintf(l->base_model, sizeof l->base_model, "%s", o.model_dir);
+    }
     if (!(f = ds4_lora_ft_create(m, l, o.batch, o.seq))) goto out;
     if (ds4_lora_ft_adamw_init(f, &opt) != 0) goto out;
     opt.beta1 = o.beta1; opt.beta2 = o.beta2; opt.eps = o.eps; opt.weight_decay = o.weight_decay;
+    if (o.resume) {
+        snprintf(path, sizeof path, "%s/optimizer.safetensors", o.out_dir);
+        if (ds4_lora_ft_adamw_load(f, &opt, path, first) != 0) goto out;
+    }
     if (!(buf = ds4_malloc(sizeof(int) * (size_t)o.accum * o.batch * (o.seq + 1)))) goto out;
     if (ds4_mkdir_p(o.out_dir) != 0) goto out;
     if (o.log_path) snprintf(path, sizeof path, "%s", o.log_path);
     else snprintf(path, sizeof path, "%s/finetune_log.jsonl", o.out_dir);
-    if (!(log = fopen(path, "w"))) { ds4_set_error("%s: cannot open log", path); goto out; }
+    if (!(log = fopen(path, o.resume ? "a" : "w"))) { ds4_set_error("%s: cannot open log", path); goto out; }
 
     char tg[128];
     ds4_lora_targets_str(l->targets, tg, sizeof tg);
@@ -204,16 +320,14 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
             100.0 * (double)ds4_lora_n_params(l) / (double)ds4_model_n_params(m), ds4_model_n_params(m),
             l->rank, l->alpha, l->scale, tg);
     if (qname) fprintf(stderr, "ds4 finetune: the %s base is dequantized to fp32 for training (memory of an fp32 model)\n", qname);
-    fprintf(stderr, "ds4 finetune: %zu training tokens, %d x %d tokens x %d accum, %ld steps\n",
-            ndata, o.batch, o.seq, o.accum, o.steps);
+    fprintf(stderr, "ds4 finetune: %zu training tokens, %d x %d tokens x %d accum, %s step %ld of %ld\n",
+            ndata, o.batch, o.seq, o.accum, o.resume ? "resuming at" : "starting at", first, o.steps);
 
-    ds4_rng rng;
-    ds4_rng_seed(&rng, o.seed ^ 0x5eed5eed5eedULL);
     const int tty = isatty(2) && !o.quiet;
     const double tokens_per_step = (double)o.batch * o.seq * o.accum;
     const size_t span = (size_t)o.batch * (o.seq + 1);
     double v0 = NAN;
-    if (val && o.eval_every > 0) {
+    if (val && o.eval_every > 0 && !o.resume) {
         v0 = val_loss(f, val, nval, o.eval_batches, buf);
         if (!isnan(v0)) {
             fprintf(log, "{\"step\":0,\"val_loss\":%.6f}\n", v0);
@@ -221,7 +335,7 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
         }
     }
     const double t0 = ds4_time_s();
-    for (long step = 0; step < o.steps;) {
+    for (long step = first; step < o.steps;) {
         const double ts = ds4_time_s();
         const float lr = ds4_lr_schedule(step, o.steps, o.warmup, o.lr, o.min_lr_frac);
         for (int a = 0; a < o.accum; a++) sample_batch(buf + a * span, data, ndata, o.batch, o.seq, &rng);
@@ -230,7 +344,7 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
         const float gnorm = ds4_lora_ft_update(f, &opt, lr, o.grad_clip);
         step++;
         const double now = ds4_time_s(), dt = now - ts;
-        const double tps = tokens_per_step * step / (now - t0);
+        const double tps = tokens_per_step * (step - first) / (now - t0);
         const int last = step == o.steps;
         double vl = NAN;
         if (val && o.eval_every > 0 && (step % o.eval_every == 0 || last))
@@ -248,8 +362,15 @@ int ds4_finetune_run(const ds4_finetune_opts *o_in) {
             if (!isnan(vl)) fprintf(stderr, " | val %.4f (ppl %.2f)", vl, exp(vl));
             if (!tty || !isnan(vl) || last) fprintf(stderr, "\n");
         }
-        if (last || (o.save_every > 0 && step % o.save_every == 0))
-            if (ds4_lora_save(l, o.out_dir) != 0) goto out;
+        const int stop = o.stop_after > 0 && step - first >= o.stop_after && !last;
+        if (last || stop || (o.save_every > 0 && step % o.save_every == 0))
+            if (ft_checkpoint(f, l, &opt, &o, step, &rng) != 0) goto out;
+        if (stop) {
+            fprintf(stderr, "ds4 finetune: stopped after %ld steps at step %ld of %ld; continue with --resume\n",
+                    o.stop_after, step, o.steps);
+            rc = 0;
+            goto out;
+        }
     }
     fprintf(stderr, "ds4 finetune: adapter saved to %s (adapter_model.safetensors, adapter_config.json)\n", o.out_dir);
     rc = 0;

@@ -103,6 +103,9 @@ float  ds4_lora_ft_update(ds4_lora_ft *f, ds4_adamw *opt, float lr, float max_no
 double ds4_lora_ft_loss(ds4_lora_ft *f, const int *ids);
 /* The AdamW state sized for the adapter. */
 int    ds4_lora_ft_adamw_init(ds4_lora_ft *f, ds4_adamw *opt);
+/* That state to / from a safetensors file (ds4_adamw_save / _load). */
+int    ds4_lora_ft_adamw_save(ds4_lora_ft *f, const ds4_adamw *opt, const char *path, long step);
+int    ds4_lora_ft_adamw_load(ds4_lora_ft *f, ds4_adamw *opt, const char *path, long step);
 
 typedef struct ds4_finetune_opts {
     const char *model_dir;       /* base model directory or GGUF */
@@ -121,6 +124,9 @@ typedef struct ds4_finetune_opts {
     uint64_t seed;
     long   eval_every, eval_batches, save_every;
     int    quiet;
+    int    resume;               /* continue from out_dir's checkpoint (bit-for-bit) */
+    int    rank_given;           /* rank/alpha/targets given on the command line (checked on resume) */
+    long   stop_after;           /* stop with a checkpoint after this many steps of this run; 0 = off */
 } ds4_finetune_opts;
 
 void ds4_finetune_opts_defaults(ds4_finetune_opts *o);

@@ -46,6 +46,12 @@ int   ds4_adamw_init(ds4_adamw *o, const ds4_model *m);
 void  ds4_adamw_free(ds4_adamw *o);
 /* One update of the trainable tensors with lr; grads unchanged. */
 void  ds4_adamw_step(ds4_adamw *o, ds4_model *m, const float *grads, float lr);
+/* Save / load both moments of every tensor of m's layout (m: a model, or any
+ * layout + params view such as a LoRA adapter's) and the step counters to a
+ * safetensors file. load checks that the file was written at trainer step
+ * `step` and that every tensor is present with its size (errors name it). */
+int   ds4_adamw_save(const char *path, const ds4_model *m, const ds4_adamw *o, long step);
+int   ds4_adamw_load(const char *path, const ds4_model *m, ds4_adamw *o, long step);
 float ds4_lr_schedule(long step, long total, long warmup, float lr, float min_frac);
 /* Seconds as "1h02m" / "3m07s" for progress lines (negative or NaN: 0). */
 void  ds4_fmt_eta(char *buf, size_t n, double seconds);
