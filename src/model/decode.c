@@ -28,6 +28,9 @@ typedef struct {            /* per-thread buffers */
     float *xn;              /* [D] this thread's copy of the normed residual */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
     int have8, haveK, haveN;
+    const ds4_lora_tensor *lkey[3];   /* adapters whose scale * A x this phase holds */
+    float *lax;             /* [3][DS4_LORA_MAX_RANK] those vectors */
+    int nl;
 } dthread;
 
 
@@ -38,6 +41,8 @@ typedef struct {            /* one weight matrix, rows split into chunks */
     int in, rows, cr, nch;  /* cr rows per chunk, nch chunks */
     float *y;               /* [rows] output */
     int acc, rope;          /* y +=; rotate each chunk's heads (chunks hold whole heads) */
+    const ds4_lora_tensor *lora;      /* attached LoRA adapter of this matrix, or NULL */
+    const float *lB;                  /* [rows, r] its B rows */
 } dseg;
 
 typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = normed x */
@@ -81,7 +86,7 @@ static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(d
 void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (!s) return;
     if (s->t)
-        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); }
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].lax); }
     free(s->t);
     free(s->plan); free(s->ph); free(s->sync);
     free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
@@ -110,6 +115,7 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     if (!s->x || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
     for (int i = 0; i < nth; i++) {
         if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
+        if (!(s->t[i].lax = ds4_alloc_aligned(sizeof(float) * 3 * DS4_LORA_MAX_RANK))) goto fail;
         if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
         if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
     }
@@ -123,7 +129,7 @@ fail:
 
 int ds4_decode_supported(const ds4_model *m, const ds4_batch *b, const ds4_acts *acts) {
     const ds4_config *c = &m->cfg;
-    return b->n == 1 && !acts && !ds4_prune_any(c) && c->index_topk <= 0 && !ds4_linear_has_adapters(m);
+    return b->n == 1 && !acts && !ds4_prune_any(c) && c->index_topk <= 0;
 }
 
 /* ---- work plan --------------------------------------------------------------- */
@@ -132,6 +138,9 @@ static void seg_init(dseg *s, const ds4_model *m, const float *w, int in, int ro
                      int head_rows) {
     const void *qd;
     s->type = ds4_linear_lookup(m, w, in, rows, &qd);
+    size_t row0 = 0;
+    s->lora = ds4_linear_lora(m, w, in, rows, &row0);
+    s->lB = s->lora ? s->lora->B + row0 * (size_t)s->lora->rank : NULL;
     s->w = s->type == DS4_Q_F32 ? (const void *)w : qd;
     s->rb = s->type == DS4_Q_F32 ? (size_t)in * sizeof(float) : ds4_q_row_bytes((ds4_qtype)s->type, in);
     s->in = in;
@@ -221,7 +230,8 @@ static const void *thread_act(dthread *t, int type, const float *x, int in) {
     return t->xq8;
 }
 
-static void seg_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
+/* base weights of rows r0..r1 of s (fp32 or quantized) */
+static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
     const int n = r1 - r0;
     const char *w = (const char *)s->w + (size_t)r0 * s->rb;
     if (s->type == DS4_Q_F32) {
@@ -236,6 +246,32 @@ static void seg_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) 
         ds4_q_matvec_rows((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
         for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
     }
+}
+
+/* y[r0..r1) += scale * B[rows] (A x): A x once per adapter per phase and thread */
+static void lora_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
+    const ds4_lora_tensor *a = s->lora;
+    const int r = a->rank;
+    float *ax = NULL;
+    for (int k = 0; k < t->nl; k++)
+        if (t->lkey[k] == a) ax = t->lax + (size_t)k * DS4_LORA_MAX_RANK;
+    if (!ax) {                       /* at most 3 matrices (q, k, v) share a phase */
+        ax = t->lax + (size_t)t->nl * DS4_LORA_MAX_RANK;
+        t->lkey[t->nl++] = a;
+        ds4_gemv_rows(ax, x, a->A, s->in, r, 0);
+        for (int j = 0; j < r; j++) ax[j] *= a->scale;
+    }
+    for (int i = r0; i < r1; i++) {
+        const float *b = s->lB + (size_t)i * r;
+        float v = 0.0f;
+        for (int j = 0; j < r; j++) v += b[j] * ax[j];
+        s->y[i] += v;
+    }
+}
+
+static void seg_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
+    seg_base_rows(s, t, x, r0, r1);
+    if (s->lora) lora_rows(s, t, x, r0, r1);
 }
 
 /* chunk c of a matvec job (rope: the chunk's rows are whole heads) */
@@ -292,7 +328,7 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
     for (int p = 0; p < n_ph; p++) {
         const dphase *P = &ph[p];
         dsync *ln = sy + (size_t)p * nth;
-        t->have8 = t->haveK = t->haveN = 0;
+        t->have8 = t->haveK = t->haveN = t->nl = 0;
         for (int k = 0; k < nth; k++) {           /* own lane first, then the others' */
             dsync *L = &ln[(me + k) % nth];
             for (int c; (c = lane_claim(L, k == 0)) >= 0;) {

@@ -70,13 +70,11 @@ static const ds4_model *lora_owner_of(const float *w) {
     return NULL;
 }
 
-/* y[n, out] += scale * (x[n, in] A^T) B[row0 .. row0+out)^T when w (rows
- * row0.. of a tensor) has an adapter. */
-static void lora_add(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out) {
+const ds4_lora_tensor *ds4_linear_lora(const ds4_model *m, const float *w, int in, int out, size_t *row0) {
     if (!m || !m->lora) m = lora_owner_of(w);
-    if (!m || !m->lora || n <= 0) return;
+    if (!m || !m->lora) return NULL;
     uintptr_t base = (uintptr_t)m->params, p = (uintptr_t)w;
-    if (p < base || p >= base + m->layout.n_floats * sizeof(float)) return;
+    if (p < base || p >= base + m->layout.n_floats * sizeof(float)) return NULL;
     size_t off = (size_t)(p - base) / sizeof(float);
     const ds4_tensor_info *ts = m->layout.tensors;
     int lo = 0, hi = m->layout.n_tensors - 1;
@@ -86,9 +84,18 @@ static void lora_add(const ds4_model *m, float *y, const float *x, const float *
     }
     const ds4_lora_tensor *a = &m->lora->t[lo];
     const ds4_tensor_info *t = &ts[lo];
-    if (!a->A || t->ndim != 2 || t->shape[1] != in || (off - t->offset) % (size_t)in) return;
-    size_t row0 = (off - t->offset) / (size_t)in;
-    if (row0 + (size_t)out > (size_t)t->shape[0]) return;
+    if (!a->A || t->ndim != 2 || t->shape[1] != in || (off - t->offset) % (size_t)in) return NULL;
+    *row0 = (off - t->offset) / (size_t)in;
+    if (*row0 + (size_t)out > (size_t)t->shape[0]) return NULL;
+    return a;
+}
+
+/* y[n, out] += scale * (x[n, in] A^T) B[row0 .. row0+out)^T when w (rows
+ * row0.. of a tensor) has an adapter. */
+static void lora_add(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out) {
+    size_t row0;
+    const ds4_lora_tensor *a = n > 0 ? ds4_linear_lora(m, w, in, out, &row0) : NULL;
+    if (!a) return;
     const int r = a->rank;
     size_t need = (size_t)n * (size_t)r;
     if (need > tl_lora_cap) {
