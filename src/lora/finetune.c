@@ -4,7 +4,6 @@
  * updates only A and B. The loop logs like `ds4 train`, saves the adapter,
  * and checkpoints (adapter, optimizer, run state) that resume bit-for-bit. */
 #include <cjson/cJSON.h>
-#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,24 +185,15 @@ static int ft_keys(const ds4_finetune_opts *o, ft_key *k) {
 }
 
 static int ft_state_save(const char *dir, const ds4_finetune_opts *o, long step, const ds4_rng *rng) {
-    char path[4200], buf[32];
+    char path[4200];
     snprintf(path, sizeof path, "%s/finetune_state.json", dir);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)step);
-    cJSON *r = cJSON_AddArrayToObject(j, "rng");
-    for (int i = 0; i < 4; i++) {
-        snprintf(buf, sizeof buf, "%" PRIu64, rng->s[i]);
-        cJSON_AddItemToArray(r, cJSON_CreateString(buf));
-    }
+    ds4_json_add_rng(j, "rng", rng);
     cJSON *oj = cJSON_AddObjectToObject(j, "opts");
     ft_key k[16];
     for (int i = 0, n = ft_keys(o, k); i < n; i++) cJSON_AddNumberToObject(oj, k[i].key, k[i].v);
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!txt) { ds4_set_error("out of memory writing %s", path); return -1; }
-    int rc = ds4_write_file_atomic(path, txt, strlen(txt));
-    free(txt);
-    return rc;
+    return ds4_json_write_atomic(path, j);
 }
 
 /* step and data rng of the checkpoint; the flags of this run must match its opts */
@@ -216,16 +206,10 @@ static int ft_state_load(const char *dir, const ds4_finetune_opts *o, long *step
     if (!j) { ds4_set_error("%s: not valid JSON", path); return -1; }
     int rc = -1;
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "step");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "rng");
     const cJSON *oj = cJSON_GetObjectItemCaseSensitive(j, "opts");
     if (!cJSON_IsNumber(st) || st->valuedouble < 0) { ds4_set_error("%s: field 'step' missing or negative", path); goto out; }
-    if (!cJSON_IsArray(r) || cJSON_GetArraySize(r) != 4) { ds4_set_error("%s: field 'rng' must be 4 strings", path); goto out; }
     if (!cJSON_IsObject(oj)) { ds4_set_error("%s: field 'opts' missing", path); goto out; }
-    for (int i = 0; i < 4; i++) {
-        const cJSON *v = cJSON_GetArrayItem(r, i);
-        if (!cJSON_IsString(v)) { ds4_set_error("%s: rng[%d] is not a string", path, i); goto out; }
-        rng->s[i] = strtoull(v->valuestring, NULL, 10);
-    }
+    if (ds4_json_get_rng(j, "rng", rng, path) != 0) goto out;
     ft_key k[16];
     for (int i = 0, n = ft_keys(o, k); i < n; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(oj, k[i].key);

@@ -46,11 +46,7 @@ static int save_state(const char *path, const run_state *rs, const ds4_train_opt
     char buf[64];
     cJSON_AddNumberToObject(j, "step", (double)rs->step);
     cJSON_AddNumberToObject(j, "seqs_seen", (double)rs->seqs_seen);
-    cJSON *rng = cJSON_AddArrayToObject(j, "rng");
-    for (int i = 0; i < 4; i++) {
-        snprintf(buf, sizeof buf, "%" PRIu64, rs->rng.s[i]);
-        cJSON_AddItemToArray(rng, cJSON_CreateString(buf));
-    }
+    ds4_json_add_rng(j, "rng", &rs->rng);
     cJSON *oj = cJSON_AddObjectToObject(j, "opts");
     cJSON_AddNumberToObject(oj, "steps", (double)o->steps);
     cJSON_AddNumberToObject(oj, "batch", o->batch);
@@ -66,12 +62,7 @@ static int save_state(const char *path, const run_state *rs, const ds4_train_opt
     cJSON_AddNumberToObject(oj, "grad_clip", o->grad_clip);
     snprintf(buf, sizeof buf, "%" PRIu64, o->seed);
     cJSON_AddStringToObject(oj, "seed", buf);
-    char *txt = cJSON_Print(j);
-    cJSON_Delete(j);
-    if (!txt) { ds4_set_error("out of memory writing %s", path); return -1; }
-    int rc = ds4_write_file_atomic(path, txt, strlen(txt));
-    free(txt);
-    return rc;
+    return ds4_json_write_atomic(path, j);
 }
 
 static int load_state(const char *path, run_state *rs) {
@@ -83,15 +74,9 @@ static int load_state(const char *path, run_state *rs) {
     int rc = -1;
     cJSON *step = cJSON_GetObjectItemCaseSensitive(j, "step");
     cJSON *seen = cJSON_GetObjectItemCaseSensitive(j, "seqs_seen");
-    cJSON *rng = cJSON_GetObjectItemCaseSensitive(j, "rng");
     if (!cJSON_IsNumber(step) || step->valuedouble < 0) { ds4_set_error("%s: field 'step' missing or not a number", path); goto out; }
     if (!cJSON_IsNumber(seen)) { ds4_set_error("%s: field 'seqs_seen' missing or not a number", path); goto out; }
-    if (!cJSON_IsArray(rng) || cJSON_GetArraySize(rng) != 4) { ds4_set_error("%s: field 'rng' must be an array of 4 strings", path); goto out; }
-    for (int i = 0; i < 4; i++) {
-        cJSON *s = cJSON_GetArrayItem(rng, i);
-        if (!cJSON_IsString(s)) { ds4_set_error("%s: rng[%d] is not a string", path, i); goto out; }
-        rs->rng.s[i] = strtoull(s->valuestring, NULL, 10);
-    }
+    if (ds4_json_get_rng(j, "rng", &rs->rng, path) != 0) goto out;
     rs->step = (long)step->valuedouble;
     rs->seqs_seen = (long)seen->valuedouble;
     rc = 0;

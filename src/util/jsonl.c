@@ -1,6 +1,9 @@
 /* jsonl.c — JSON Lines files (one object a line) read into a growable array
- * of records by a caller-supplied parser; used by the evaluation sets. */
+ * of records by a caller-supplied parser (the evaluation sets), and the JSON
+ * pieces of run-state files (atomic write, a random generator's state). */
 #include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "util/util.h"
@@ -45,4 +48,36 @@ done:
     *n_out = n;
     *cap_out = cap;
     return rc;
+}
+
+int ds4_json_write_atomic(const char *path, struct cJSON *j) {
+    char *txt = cJSON_Print(j);
+    cJSON_Delete(j);
+    if (!txt) { ds4_set_error("out of memory writing %s", path); return -1; }
+    int rc = ds4_write_file_atomic(path, txt, strlen(txt));
+    free(txt);
+    return rc;
+}
+
+void ds4_json_add_rng(struct cJSON *obj, const char *key, const ds4_rng *rng) {
+    cJSON *a = cJSON_AddArrayToObject(obj, key);
+    char buf[32];
+    for (int i = 0; i < 4; i++) {                 /* strings: a double cannot hold 64 bits */
+        snprintf(buf, sizeof buf, "%" PRIu64, rng->s[i]);
+        cJSON_AddItemToArray(a, cJSON_CreateString(buf));
+    }
+}
+
+int ds4_json_get_rng(const struct cJSON *obj, const char *key, ds4_rng *rng, const char *path) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 4) {
+        ds4_set_error("%s: field '%s' must be an array of 4 strings", path, key);
+        return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        const cJSON *v = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsString(v)) { ds4_set_error("%s: %s[%d] is not a string", path, key, i); return -1; }
+        rng->s[i] = strtoull(v->valuestring, NULL, 10);
+    }
+    return 0;
 }

@@ -50,6 +50,11 @@ void     ds4_rng_seed(ds4_rng *r, uint64_t seed);
 uint64_t ds4_rng_u64(ds4_rng *r);
 float    ds4_rng_uniform(ds4_rng *r);            /* [0, 1) */
 float    ds4_rng_normal(ds4_rng *r);             /* N(0, 1) */
+/* Run-state files: print j, free it, write path atomically (0 / -1). */
+int ds4_json_write_atomic(const char *path, struct cJSON *j);
+/* A generator's state as obj[key] = 4 decimal strings, and back (errors name path and key). */
+void ds4_json_add_rng(struct cJSON *obj, const char *key, const ds4_rng *rng);
+int ds4_json_get_rng(const struct cJSON *obj, const char *key, ds4_rng *rng, const char *path);
 
 double ds4_time_s(void);                          /* monotonic seconds */
 
