@@ -15,6 +15,9 @@
 #include "util/util.h"
 
 /* D 256 so that Q4_K (256-weight super-blocks) applies to every matrix */
+static int g_prune;      /* model(): layer 1 prunes (rho 0.5) when set */
+static int g_moe;        /* model(): layer 1 is a MoE layer when set */
+
 static ds4_model *model(int tied, int window, int qt) {
     ds4_config c;
     ds4_config_defaults(&c);
@@ -29,6 +32,16 @@ static ds4_model *model(int tied, int window, int qt) {
     c.first_k_dense_replace = 2;
     c.tie_word_embeddings = tied;
     c.sliding_window = window;
+    if (g_prune) { c.n_prune_layers = 1; c.prune_layers[0] = 1; c.prune_ratio[0] = 0.5f; }
+    if (g_moe) {
+        c.first_k_dense_replace = 1;
+        c.n_routed_experts = 8;
+        c.n_group = 2;
+        c.topk_group = 1;
+        c.num_experts_per_tok = 2;
+        c.n_shared_experts = 1;
+        c.moe_intermediate_size = 64;
+    }
     c.attention_sinks = window > 0;
     if (ds4_config_validate(&c)) fail_msg("config: %s", ds4_error());
     ds4_model *m = ds4_model_create(&c, 11);
@@ -168,6 +181,64 @@ static void test_decode_lora(void **st) {
     }
 }
 
+/* Pruned layers in the decode step: the keep decision, the gate on the
+ * layer's updates, no cache row for a dropped token; logits and the keep
+ * counters equal the batched forward's (the causal rule is the same in
+ * prefill and decode), dense and MoE, on 1 and 2 threads. */
+static void test_decode_pruned(void **st) {
+    (void)st;
+    enum { T = 24 };
+    const int saved = omp_get_max_threads();
+    g_prune = 1;
+    for (int moe = 0; moe <= 1; moe++)
+        for (int qt = DS4_Q_F32; qt <= DS4_Q_Q8_0; qt++) {
+            g_moe = moe;
+            ds4_model *m = model(0, 0, qt);
+            const int V = m->cfg.vocab_size;
+            int ids[T];
+            for (int i = 0; i < T; i++) ids[i] = (i * 41 + 7) % V;
+            float *full = malloc(sizeof(float) * T * V), *d[2];
+            ds4_kv_cache *kb = ds4_kv_cache_create(&m->cfg, 1, T);
+            int *seq0 = calloc(T, sizeof(int));
+            ds4_batch b = {.n = T, .tokens = ids, .seq = seq0};
+            int rows[T];
+            for (int i = 0; i < T; i++) rows[i] = i;
+            assert_int_equal(ds4_forward(m, &b, kb, rows, T, full), 0);
+            for (int th = 1; th <= 2; th++) {
+                d[th - 1] = malloc(sizeof(float) * T * V);
+                omp_set_num_threads(th);
+                ds4_kv_cache *kv = ds4_kv_cache_create(&m->cfg, 1, T);
+                int zero = 0;
+                for (int t = 0; t < T; t++) {
+                    ds4_batch one = {.n = 1, .tokens = ids + t, .seq = &zero};
+                    assert_int_equal(ds4_forward(m, &one, kv, NULL, 1, d[th - 1] + (size_t)t * V), 0);
+                }
+                /* the same decisions: counters and cache rows per layer */
+                assert_int_equal(kv->prune[1].tokens, kb->prune[1].tokens);
+                assert_int_equal(kv->prune[1].kept, kb->prune[1].kept);
+                assert_int_equal(kv->len[1][0], kb->len[1][0]);
+                assert_int_equal(kv->len[0][0], T);
+                assert_true(kv->prune[1].kept > 0 && kv->prune[1].kept < T);   /* both decisions occur */
+                ds4_kv_cache_free(kv);
+            }
+            omp_set_num_threads(saved);
+            float diff = 0, mx = 0;
+            for (int i = 0; i < T * V; i++) {
+                diff = fmaxf(diff, fabsf(d[0][i] - full[i]));
+                mx = fmaxf(mx, fabsf(full[i]));
+            }
+            print_message("  %-5s %-5s pruned decode vs batched max |diff| %.2e, layer 1 kept %lld of %d\n",
+                          ds4_q_type_name((ds4_qtype)qt), moe ? "moe" : "dense", diff,
+                          (long long)kb->prune[1].kept, T);
+            assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
+            assert_memory_equal(d[0], d[1], sizeof(float) * T * V);
+            free(full); free(d[0]); free(d[1]); free(seq0);
+            ds4_kv_cache_free(kb);
+            ds4_model_free(m);
+        }
+    g_prune = g_moe = 0;
+}
+
 /* The tied Q8_0 output projection reads fewer bytes than the fp32 table, and
  * its logits stay close to the fp32 model's. */
 static void test_tied_lm_head_q8(void **st) {
@@ -195,6 +266,7 @@ int main(void) {
         cmocka_unit_test(test_decode_matches_batched),
         cmocka_unit_test(test_tied_lm_head_q8),
         cmocka_unit_test(test_decode_lora),
+        cmocka_unit_test(test_decode_pruned),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,7 @@
 /* decode.c — the batch-1 decode step (one token of one sequence): every run of
- * dense layers inside one OpenMP region, fused q/k/v and gate/up passes, no allocation per token. */
+ * dense layers inside one OpenMP region, fused q/k/v and gate/up passes, no
+ * allocation per token; LoRA adapters and pruned layers (the causal keep rule)
+ * included. Models with a lightning indexer use the general forward. */
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -43,6 +45,7 @@ typedef struct {            /* one weight matrix, rows split into chunks */
     int acc, rope;          /* y +=; rotate each chunk's heads (chunks hold whole heads) */
     const ds4_lora_tensor *lora;      /* attached LoRA adapter of this matrix, or NULL */
     const float *lB;                  /* [rows, r] its B rows */
+    const float *gain;                /* acc only: y += *gain * (W x) (a pruned layer's gate), NULL = 1 */
 } dseg;
 
 typedef struct { dseg s[3]; int n, total; const float *x; } djob;   /* x: shared input, NULL = normed x */
@@ -51,13 +54,14 @@ typedef struct dlayer_s {
     djob qkv, o, gu, down;
 } dlayer;
 
-enum { PH_MV, PH_GU, PH_ATT };
+enum { PH_MV, PH_GU, PH_ATT, PH_PRUNE };
 
 typedef struct dphase_s {
     int kind;
     const djob *job;          /* PH_MV; PH_GU: job->s[0] gate, s[1] up */
     const float *nw;          /* PH_MV/PH_GU with job->x NULL: the input is rmsnorm(x) * nw [D] */
-    int layer;                /* PH_ATT */
+    int layer;                /* PH_ATT, PH_PRUNE */
+    const int *skip;          /* phase of a pruned layer: nothing to do when *skip (token dropped) */
     int total;                /* chunks */
 } dphase;
 
@@ -76,8 +80,10 @@ struct ds4_decode_scratch {
     ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
     dthread *t;             /* [nth] */
     dlayer *plan;       /* [L] this token's work plan */
-    dphase *ph;         /* [5 L + 1] phases of a region */
-    dsync *sync;        /* [5 L + 1][nth] their lanes */
+    dphase *ph;         /* [6 L + 1] phases of a region */
+    dsync *sync;        /* [6 L + 1][nth] their lanes */
+    float *gate;        /* [L] pruned layer: sigmoid(router) of this token */
+    int *skip;          /* [L] pruned layer: 1 when the token is dropped there */
 };
 
 static size_t act_bytes8(int in) { return (size_t)(in / DS4_QK8_0 + 1) * sizeof(ds4_block_q8_0); }
@@ -88,7 +94,7 @@ void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (s->t)
         for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].lax); }
     free(s->t);
-    free(s->plan); free(s->ph); free(s->sync);
+    free(s->plan); free(s->ph); free(s->sync); free(s->gate); free(s->skip);
     free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
     ds4_acts_free(s->moe);
     free(s);
@@ -104,15 +110,17 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     int max_in = DS4_MAX(DS4_MAX(s->D, s->Q), s->F);
     s->x = ds4_alloc_aligned(sizeof(float) * s->D);
     s->plan = ds4_calloc((size_t)s->L, sizeof(dlayer));
-    s->ph = ds4_calloc((size_t)(5 * s->L + 1), sizeof(dphase));
-    s->sync = ds4_alloc_aligned((size_t)(5 * s->L + 1) * (size_t)nth * sizeof(dsync));
+    s->ph = ds4_calloc((size_t)(6 * s->L + 1), sizeof(dphase));
+    s->sync = ds4_alloc_aligned((size_t)(6 * s->L + 1) * (size_t)nth * sizeof(dsync));
+    s->gate = ds4_calloc((size_t)s->L, sizeof(float));
+    s->skip = ds4_calloc((size_t)s->L, sizeof(int));
     s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->att = ds4_alloc_aligned(sizeof(float) * s->Q);
     s->h = ds4_alloc_aligned(sizeof(float) * (s->F > 0 ? s->F : 1));
     s->cs = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->sn = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->t = ds4_calloc((size_t)nth, sizeof *s->t);
-    if (!s->x || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
+    if (!s->x || !s->gate || !s->skip || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
     for (int i = 0; i < nth; i++) {
         if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
         if (!(s->t[i].lax = ds4_alloc_aligned(sizeof(float) * 3 * DS4_LORA_MAX_RANK))) goto fail;
@@ -129,7 +137,7 @@ fail:
 
 int ds4_decode_supported(const ds4_model *m, const ds4_batch *b, const ds4_acts *acts) {
     const ds4_config *c = &m->cfg;
-    return b->n == 1 && !acts && !ds4_prune_any(c) && c->index_topk <= 0;
+    return b->n == 1 && !acts && c->index_topk <= 0;
 }
 
 /* ---- work plan --------------------------------------------------------------- */
@@ -234,17 +242,20 @@ static const void *thread_act(dthread *t, int type, const float *x, int in) {
 static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
     const int n = r1 - r0;
     const char *w = (const char *)s->w + (size_t)r0 * s->rb;
-    if (s->type == DS4_Q_F32) {
+    if (s->type == DS4_Q_F32 && !s->gain) {
         ds4_gemv_rows(s->y + r0, x, (const float *)w, s->in, n, s->acc);
         return;
     }
-    const void *xq = thread_act(t, s->type, x, s->in);
+    const void *xq = s->type == DS4_Q_F32 ? NULL : thread_act(t, s->type, x, s->in);
     if (!s->acc) { ds4_q_matvec_rows((ds4_qtype)s->type, s->y + r0, xq, w, s->in, n); return; }
+    const float g = s->gain ? *s->gain : 1.0f;
     float tmp[CHUNK_MAX_ROWS];
     for (int o = 0; o < n; o += CHUNK_MAX_ROWS) {
         const int k = DS4_MIN(CHUNK_MAX_ROWS, n - o);
-        ds4_q_matvec_rows((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
-        for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
+        if (s->type == DS4_Q_F32) ds4_gemv_rows(tmp, x, (const float *)(w + (size_t)o * s->rb), s->in, k, 0);
+        else ds4_q_matvec_rows((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
+        if (s->gain) for (int i = 0; i < k; i++) s->y[r0 + o + i] += g * tmp[i];
+        else for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
     }
 }
 
@@ -261,11 +272,12 @@ static void lora_rows(const dseg *s, dthread *t, const float *x, int r0, int r1)
         ds4_gemv_rows(ax, x, a->A, s->in, r, 0);
         for (int j = 0; j < r; j++) ax[j] *= a->scale;
     }
+    const float g = s->gain ? *s->gain : 1.0f;
     for (int i = r0; i < r1; i++) {
         const float *b = s->lB + (size_t)i * r;
         float v = 0.0f;
         for (int j = 0; j < r; j++) v += b[j] * ax[j];
-        s->y[i] += v;
+        s->y[i] += g * v;
     }
 }
 
@@ -302,7 +314,7 @@ static void gu_chunk(const djob *j, const ds4_decode_scratch *S, dthread *t, int
 
 typedef struct {
     const ds4_model *m;
-    const ds4_kv_cache *kv;
+    ds4_kv_cache *kv;
     int seq;
     const int *pos;
 } dctx;
@@ -320,6 +332,28 @@ static void att_chunk(const dctx *X, const ds4_decode_scratch *S, int l, int h) 
     ds4_attn_decode_head(&a, h, S->att + (size_t)h * S->Dh);
 }
 
+/* Pruned layer l (SPEC 1.3, inference rule): r = w_r . rmsnorm(x); the token
+ * is kept iff position 0 or r > 0. Kept: its cache row is taken and the
+ * layer's updates are scaled by sigmoid(r); dropped: the layer's phases do
+ * nothing (x passes through, no cache row). The counters as ds4_forward's. */
+static void prune_chunk(const dctx *X, ds4_decode_scratch *S, dthread *t, int l) {
+    const ds4_config *c = &X->m->cfg;
+    const ds4_layer *W = &X->m->w.layers[l];
+    norm_row(t->xn, S->x, W->input_layernorm, S->D, c->rms_norm_eps);
+    float r;
+    ds4_gemv_rows(&r, t->xn, W->prune_router, S->D, 1, 0);
+    const int pos = *X->pos;
+    unsigned char kept = (unsigned char)ds4_prune_causal_keep(r, pos), mark = 0;
+    if (pos == 0) ds4_prune_topk(&r, &pos, 1, ds4_prune_ratio(c, l), &mark);   /* membership known */
+    ds4_prune_count(&X->kv->prune[l], &r, &pos, pos == 0 ? &mark : NULL, &kept, 1);
+    S->gate[l] = 1.0f / (1.0f + expf(-r));
+    S->skip[l] = !kept;
+    if (kept) {
+        const size_t row = (size_t)X->seq * X->kv->capacity + X->kv->len[l][X->seq]++;
+        X->kv->pos[l][row] = pos;
+    }
+}
+
 /* Every thread of the region runs this over the same phase list. */
 static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4_decode_scratch *S, int nth) {
     const int me = omp_get_thread_num();
@@ -329,6 +363,7 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
         const dphase *P = &ph[p];
         dsync *ln = sy + (size_t)p * nth;
         t->have8 = t->haveK = t->haveN = t->nl = 0;
+        if (P->skip && *P->skip) continue;        /* dropped token: no chunk is claimed, none awaited */
         for (int k = 0; k < nth; k++) {           /* own lane first, then the others' */
             dsync *L = &ln[(me + k) % nth];
             for (int c; (c = lane_claim(L, k == 0)) >= 0;) {
@@ -340,6 +375,7 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
                 case PH_MV: mv_chunk(P->job, S, t, c); break;
                 case PH_GU: gu_chunk(P->job, S, t, c); break;
                 case PH_ATT: att_chunk(X, S, P->layer, c); break;
+                case PH_PRUNE: prune_chunk(X, S, t, P->layer); break;
                 }
                 atomic_fetch_add_explicit(&L->done, 1, memory_order_release);
             }
@@ -353,7 +389,9 @@ static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int se
     const ds4_config *c = &m->cfg;
     const ds4_layer *W = &m->w.layers[l];
     const int D = S->D, Q = S->Q, KD = S->KD, F = S->F, Dh = S->Dh;
-    const size_t row = (size_t)seq * kv->capacity + kv->len[l][seq] - 1;   /* this token's cache row */
+    /* this token's cache row: taken already, or by the keep decision of a pruned layer */
+    const int pruned = ds4_prune_ratio(c, l) > 0;
+    const size_t row = (size_t)seq * kv->capacity + kv->len[l][seq] - (pruned ? 0 : 1);
     memset(P, 0, sizeof *P);
     seg_init(&P->qkv.s[0], m, W->q_proj, D, Q, S->q, 0, Dh);
     seg_init(&P->qkv.s[1], m, W->k_proj, D, KD, kv->k[l] + row * KD, 0, Dh);
@@ -363,6 +401,7 @@ static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int se
     seg_init(&P->o.s[0], m, W->o_proj, Q, D, S->x, 1, 0);
     P->o.n = 1;
     P->o.x = S->att;
+    if (pruned) P->o.s[0].gain = &S->gate[l];       /* x + g o_proj(att) */
     job_done(&P->o);
     if (!ds4_layer_is_moe(c, l)) {
         seg_init(&P->gu.s[0], m, W->gate_proj, D, F, NULL, 0, 0);
@@ -372,25 +411,31 @@ static void plan_layer(const ds4_model *m, const ds4_kv_cache *kv, int l, int se
         seg_init(&P->down.s[0], m, W->down_proj, F, D, S->x, 1, 0);
         P->down.n = 1;
         P->down.x = S->h;
+        if (pruned) P->down.s[0].gain = &S->gate[l];  /* x + g ffn */
         job_done(&P->down);
     }
 }
 
-static int add_phase(dphase *ph, int n, int kind, const djob *job, const float *nw, int layer, int total) {
-    ph[n] = (dphase){.kind = kind, .job = job, .nw = nw, .layer = layer, .total = total};
+/* a phase of layer l; the phases of a pruned layer are skipped when its token is dropped */
+static int add_phase(dphase *ph, int n, int kind, const djob *job, const float *nw, int layer, int total,
+                     const ds4_decode_scratch *S, const ds4_config *c) {
+    const int *skip = kind != PH_PRUNE && ds4_prune_ratio(c, layer) > 0 ? &S->skip[layer] : NULL;
+    ph[n] = (dphase){.kind = kind, .job = job, .nw = nw, .layer = layer, .total = total, .skip = skip};
     return n + 1;
 }
 
-/* attention half of layer l: x += o_proj(attn(norm(x))) */
-static int add_attn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
-    n = add_phase(ph, n, PH_MV, &P->qkv, m->w.layers[l].input_layernorm, l, P->qkv.total);
-    n = add_phase(ph, n, PH_ATT, NULL, NULL, l, m->cfg.num_attention_heads);
-    return add_phase(ph, n, PH_MV, &P->o, NULL, l, P->o.total);
+/* attention half of layer l: x += o_proj(attn(norm(x))) (pruned: the keep decision first) */
+static int add_attn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P, const ds4_decode_scratch *S) {
+    const ds4_config *c = &m->cfg;
+    if (ds4_prune_ratio(c, l) > 0) n = add_phase(ph, n, PH_PRUNE, NULL, NULL, l, 1, S, c);
+    n = add_phase(ph, n, PH_MV, &P->qkv, m->w.layers[l].input_layernorm, l, P->qkv.total, S, c);
+    n = add_phase(ph, n, PH_ATT, NULL, NULL, l, c->num_attention_heads, S, c);
+    return add_phase(ph, n, PH_MV, &P->o, NULL, l, P->o.total, S, c);
 }
 
-static int add_ffn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P) {
-    n = add_phase(ph, n, PH_GU, &P->gu, m->w.layers[l].post_attention_layernorm, l, P->gu.total);
-    return add_phase(ph, n, PH_MV, &P->down, NULL, l, P->down.total);
+static int add_ffn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *P, const ds4_decode_scratch *S) {
+    n = add_phase(ph, n, PH_GU, &P->gu, m->w.layers[l].post_attention_layernorm, l, P->gu.total, S, &m->cfg);
+    return add_phase(ph, n, PH_MV, &P->down, NULL, l, P->down.total, S, &m->cfg);
 }
 
 static void run_region(const dctx *X, const dphase *ph, int n_ph, ds4_decode_scratch *S, int nth) {
@@ -418,6 +463,7 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     /* the token's cache rows and position (check_batch has verified capacity) */
     const int pos = kv->next_pos[seq];
     for (int l = 0; l < L; l++) {
+        if (ds4_prune_ratio(c, l) > 0) continue;    /* taken by the keep decision (prune_chunk) */
         const size_t row = (size_t)seq * kv->capacity + kv->len[l][seq]++;
         kv->pos[l][row] = pos;
     }
@@ -446,20 +492,23 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     for (int l0 = 0; l0 <= L;) {
         int n = 0, l = l0;
         for (; l < L && !ds4_layer_is_moe(c, l); l++) {
-            n = add_attn(S->ph, n, m, l, &P[l]);
-            n = add_ffn(S->ph, n, m, l, &P[l]);
+            n = add_attn(S->ph, n, m, l, &P[l], S);
+            n = add_ffn(S->ph, n, m, l, &P[l], S);
         }
-        if (l < L) n = add_attn(S->ph, n, m, l, &P[l]);
+        if (l < L) n = add_attn(S->ph, n, m, l, &P[l], S);
         else if (logits) {
-            n = add_phase(S->ph, n, PH_MV, &lm, m->w.norm, l, lm.total);
+            n = add_phase(S->ph, n, PH_MV, &lm, m->w.norm, l, lm.total, S, c);
         }
         run_region(&X, S->ph, n, S, nth);
         if (l == L) break;
+        l0 = l + 1;
+        const int pruned = ds4_prune_ratio(c, l) > 0;
+        if (pruned && S->skip[l]) continue;            /* dropped here: x passes through */
         ds4_layer_acts *A = &S->moe->l[0];
         norm_row(A->xn2, S->x, m->w.layers[l].post_attention_layernorm, D, c->rms_norm_eps);
         ds4_moe_forward(c, &m->w.layers[l], A, A->xn2, 1);
-        for (int d = 0; d < D; d++) S->x[d] += A->ffn[d];
-        l0 = l + 1;
+        const float g = pruned ? S->gate[l] : 1.0f;   /* a kept token: x + g ffn */
+        for (int d = 0; d < D; d++) S->x[d] += g * A->ffn[d];
     }
     return 0;
 }
