@@ -17,6 +17,7 @@
 /* D 256 so that Q4_K (256-weight super-blocks) applies to every matrix */
 static int g_prune;      /* model(): layer 1 prunes (rho 0.5) when set */
 static int g_moe;        /* model(): layer 1 is a MoE layer when set */
+static int g_index;      /* model(): lightning indexer (top 5 keys + a window of 3) when set */
 
 static ds4_model *model(int tied, int window, int qt) {
     ds4_config c;
@@ -33,6 +34,7 @@ static ds4_model *model(int tied, int window, int qt) {
     c.tie_word_embeddings = tied;
     c.sliding_window = window;
     if (g_prune) { c.n_prune_layers = 1; c.prune_layers[0] = 1; c.prune_ratio[0] = 0.5f; }
+    if (g_index) { c.index_topk = 5; c.index_n_heads = 2; c.index_head_dim = 16; c.sliding_window = 3; }
     if (g_moe) {
         c.first_k_dense_replace = 1;
         c.n_routed_experts = 8;
@@ -184,15 +186,18 @@ static void test_decode_lora(void **st) {
 /* Pruned layers in the decode step: the keep decision, the gate on the
  * layer's updates, no cache row for a dropped token; logits and the keep
  * counters equal the batched forward's (the causal rule is the same in
- * prefill and decode), dense and MoE, on 1 and 2 threads. */
+ * prefill and decode), dense and MoE, and with the lightning indexer's key
+ * lists (top 5 of up to 24 keys + a window), on 1 and 2 threads. */
 static void test_decode_pruned(void **st) {
     (void)st;
     enum { T = 24 };
     const int saved = omp_get_max_threads();
     g_prune = 1;
-    for (int moe = 0; moe <= 1; moe++)
+    for (int variant = 0; variant < 3; variant++)
         for (int qt = DS4_Q_F32; qt <= DS4_Q_Q8_0; qt++) {
+            const int moe = variant == 1;
             g_moe = moe;
+            g_index = variant == 2;
             ds4_model *m = model(0, 0, qt);
             const int V = m->cfg.vocab_size;
             int ids[T];
@@ -227,8 +232,8 @@ static void test_decode_pruned(void **st) {
                 diff = fmaxf(diff, fabsf(d[0][i] - full[i]));
                 mx = fmaxf(mx, fabsf(full[i]));
             }
-            print_message("  %-5s %-5s pruned decode vs batched max |diff| %.2e, layer 1 kept %lld of %d\n",
-                          ds4_q_type_name((ds4_qtype)qt), moe ? "moe" : "dense", diff,
+            print_message("  %-5s %-7s pruned decode vs batched max |diff| %.2e, layer 1 kept %lld of %d\n",
+                          ds4_q_type_name((ds4_qtype)qt), moe ? "moe" : g_index ? "indexer" : "dense", diff,
                           (long long)kb->prune[1].kept, T);
             assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
             assert_memory_equal(d[0], d[1], sizeof(float) * T * V);
@@ -236,7 +241,7 @@ static void test_decode_pruned(void **st) {
             ds4_kv_cache_free(kb);
             ds4_model_free(m);
         }
-    g_prune = g_moe = 0;
+    g_prune = g_moe = g_index = 0;
 }
 
 /* The tied Q8_0 output projection reads fewer bytes than the fp32 table, and

@@ -1,5 +1,6 @@
-/* attn_decode.c — decode attention: one query head against the KV cache in
- * chunks of keys with an online softmax, plus the per-token RoPE table. */
+/* attn_decode.c — decode attention: one query head against the KV cache (or
+ * the indexer's key list) in chunks of keys with an online softmax, plus the
+ * per-token RoPE table. */
 #include <math.h>
 #include "kernels/decode.h"
 #if defined(__AVX2__) && defined(__FMA__)
@@ -62,19 +63,28 @@ void ds4_attn_decode_head(const ds4_attn *a, int h, float *out) {
     enum { CH = 64 };
     const int Dh = a->head_dim, KD = a->n_kv_heads * Dh, kvh = h / (a->n_heads / a->n_kv_heads);
     const long qp = a->qpos[0];
-    const int hi = first_after(a->kpos, a->n_kv, qp);
-    const int lo = a->window > 0 ? first_after(a->kpos, hi, qp - a->window) : 0;
+    /* candidates: keys lo..hi-1, or the slots of the key list (sel, -1 = unused) */
+    const int *sel = a->sel;
+    const int hi = sel ? a->sel_k : first_after(a->kpos, a->n_kv, qp);
+    const int lo = !sel && a->window > 0 ? first_after(a->kpos, hi, qp - a->window) : 0;
     const float *q = a->q + (size_t)h * Dh, scale = 1.0f / sqrtf((float)Dh);
     const float *K = a->k + (size_t)kvh * Dh, *V = a->v + (size_t)kvh * Dh;
     /* the sink starts the softmax: logit sinks[h], weight exp(0) = 1, value 0 */
     float m = a->sinks ? a->sinks[h] : -INFINITY, l = a->sinks ? 1.0f : 0.0f;
     for (int d = 0; d < Dh; d++) out[d] = 0.0f;
     float s[CH];
+    int kj[CH];
     for (int j0 = lo; j0 < hi; j0 += CH) {
         const int nj = hi - j0 < CH ? hi - j0 : CH;
         float cm = -INFINITY;
         for (int j = 0; j < nj; j++) {
-            s[j] = dot(q, K + (size_t)(j0 + j) * KD, Dh) * scale;
+            kj[j] = sel ? sel[j0 + j] : j0 + j;
+            /* a listed key must still be visible: causal, and inside the window if any */
+            if (sel && (kj[j] < 0 || a->kpos[kj[j]] > qp || (a->window > 0 && qp - a->kpos[kj[j]] >= a->window))) {
+                kj[j] = -1;
+                continue;
+            }
+            s[j] = dot(q, K + (size_t)kj[j] * KD, Dh) * scale;
             cm = s[j] > cm ? s[j] : cm;
         }
         if (cm > m) {                       /* rescale what is accumulated */
@@ -84,7 +94,8 @@ void ds4_attn_decode_head(const ds4_attn *a, int h, float *out) {
             m = cm;
         }
         for (int j = 0; j < nj; j++) {
-            const float p = expf(s[j] - m), *v = V + (size_t)(j0 + j) * KD;
+            if (kj[j] < 0) continue;
+            const float p = expf(s[j] - m), *v = V + (size_t)kj[j] * KD;
             l += p;
             for (int d = 0; d < Dh; d++) out[d] += p * v[d];
         }

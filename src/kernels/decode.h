@@ -14,9 +14,10 @@ void ds4_rope_table(float *cs, float *sn, int pos, int hd, float theta);
 /* Rotates nh heads x [nh, hd] in place by the table (same result as ds4_rope). */
 void ds4_rope_heads(float *x, const float *cs, const float *sn, int nh, int hd);
 
-/* Query head h of a single query (a->n_q == 1, a->sel == NULL) against the
- * visible cached keys of its kv head: out [Dh] = softmax(q k^T / sqrt(Dh)) v,
- * with the sink as an extra zero-value entry. Online softmax, no scratch. */
+/* Query head h of a single query (a->n_q == 1) against the visible cached
+ * keys of its kv head (with a->sel: only those in the key list a->sel
+ * [a->sel_k]): out [Dh] = softmax(q k^T / sqrt(Dh)) v, with the sink as an
+ * extra zero-value entry. Online softmax, no scratch. */
 void ds4_attn_decode_head(const ds4_attn *a, int h, float *out);
 
 #endif

@@ -1,7 +1,7 @@
 /* decode.c — the batch-1 decode step (one token of one sequence): every run of
  * dense layers inside one OpenMP region, fused q/k/v and gate/up passes, no
- * allocation per token; LoRA adapters and pruned layers (the causal keep rule)
- * included. Models with a lightning indexer use the general forward. */
+ * allocation per token; LoRA adapters, pruned layers (the causal keep rule)
+ * and the lightning indexer's key selection included. */
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -11,6 +11,7 @@
 #include "kernels/decode.h"
 #include "model/acts.h"
 #include "model/decode.h"
+#include "model/indexer.h"
 #include "model/linear.h"
 #include "model/prune.h"
 #include "model/quantized.h"
@@ -54,13 +55,13 @@ typedef struct dlayer_s {
     djob qkv, o, gu, down;
 } dlayer;
 
-enum { PH_MV, PH_GU, PH_ATT, PH_PRUNE };
+enum { PH_MV, PH_GU, PH_ATT, PH_PRUNE, PH_INDEX };
 
 typedef struct dphase_s {
     int kind;
     const djob *job;          /* PH_MV; PH_GU: job->s[0] gate, s[1] up */
     const float *nw;          /* PH_MV/PH_GU with job->x NULL: the input is rmsnorm(x) * nw [D] */
-    int layer;                /* PH_ATT, PH_PRUNE */
+    int layer;                /* PH_ATT, PH_PRUNE, PH_INDEX */
     const int *skip;          /* phase of a pruned layer: nothing to do when *skip (token dropped) */
     int total;                /* chunks */
 } dphase;
@@ -80,8 +81,12 @@ struct ds4_decode_scratch {
     ds4_acts *moe;          /* one-row activations for MoE layers (NULL for dense models) */
     dthread *t;             /* [nth] */
     dlayer *plan;       /* [L] this token's work plan */
-    dphase *ph;         /* [6 L + 1] phases of a region */
-    dsync *sync;        /* [6 L + 1][nth] their lanes */
+    dphase *ph;         /* [7 L + 1] phases of a region */
+    dsync *sync;        /* [7 L + 1][nth] their lanes */
+    int Hi, Di, sk;     /* lightning indexer: heads, head dim, key-list width (0: none) */
+    float *iq, *ik, *ikraw, *iw, ikrstd;  /* [Hi*Di], [Di], [Di], [Hi]: this token's indexer projections */
+    int *sel;           /* [sk] this token's key list in the current layer */
+    int failed;         /* a phase failed (its error is set on its thread) */
     float *gate;        /* [L] pruned layer: sigmoid(router) of this token */
     int *skip;          /* [L] pruned layer: 1 when the token is dropped there */
 };
@@ -95,6 +100,7 @@ void ds4_decode_scratch_free(ds4_decode_scratch *s) {
         for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].lax); }
     free(s->t);
     free(s->plan); free(s->ph); free(s->sync); free(s->gate); free(s->skip);
+    free(s->iq); free(s->ik); free(s->ikraw); free(s->iw); free(s->sel);
     free(s->x); free(s->q); free(s->att); free(s->h); free(s->cs); free(s->sn);
     ds4_acts_free(s->moe);
     free(s);
@@ -110,8 +116,16 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     int max_in = DS4_MAX(DS4_MAX(s->D, s->Q), s->F);
     s->x = ds4_alloc_aligned(sizeof(float) * s->D);
     s->plan = ds4_calloc((size_t)s->L, sizeof(dlayer));
-    s->ph = ds4_calloc((size_t)(6 * s->L + 1), sizeof(dphase));
-    s->sync = ds4_alloc_aligned((size_t)(6 * s->L + 1) * (size_t)nth * sizeof(dsync));
+    s->ph = ds4_calloc((size_t)(7 * s->L + 1), sizeof(dphase));
+    s->sync = ds4_alloc_aligned((size_t)(7 * s->L + 1) * (size_t)nth * sizeof(dsync));
+    s->sk = ds4_indexer_sel_k(c);
+    s->Hi = s->sk ? c->index_n_heads : 0;
+    s->Di = s->sk ? c->index_head_dim : 0;
+    s->iq = ds4_alloc_aligned(sizeof(float) * (size_t)DS4_MAX(1, s->Hi * s->Di));
+    s->ik = ds4_alloc_aligned(sizeof(float) * (size_t)DS4_MAX(1, s->Di));
+    s->ikraw = ds4_alloc_aligned(sizeof(float) * (size_t)DS4_MAX(1, s->Di));
+    s->iw = ds4_alloc_aligned(sizeof(float) * (size_t)DS4_MAX(1, s->Hi));
+    s->sel = ds4_calloc((size_t)DS4_MAX(1, s->sk), sizeof(int));
     s->gate = ds4_calloc((size_t)s->L, sizeof(float));
     s->skip = ds4_calloc((size_t)s->L, sizeof(int));
     s->q = ds4_alloc_aligned(sizeof(float) * s->Q);
@@ -120,7 +134,7 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
     s->cs = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->sn = ds4_alloc_aligned(sizeof(float) * s->Dh);
     s->t = ds4_calloc((size_t)nth, sizeof *s->t);
-    if (!s->x || !s->gate || !s->skip || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
+    if (!s->x || !s->gate || !s->skip || !s->iq || !s->ik || !s->ikraw || !s->iw || !s->sel || !s->plan || !s->ph || !s->sync || !s->q || !s->att || !s->h || !s->cs || !s->sn || !s->t) goto fail;
     for (int i = 0; i < nth; i++) {
         if (!(s->t[i].xn = ds4_alloc_aligned(sizeof(float) * s->D))) goto fail;
         if (!(s->t[i].lax = ds4_alloc_aligned(sizeof(float) * 3 * DS4_LORA_MAX_RANK))) goto fail;
@@ -136,8 +150,8 @@ fail:
 }
 
 int ds4_decode_supported(const ds4_model *m, const ds4_batch *b, const ds4_acts *acts) {
-    const ds4_config *c = &m->cfg;
-    return b->n == 1 && !acts && c->index_topk <= 0;
+    (void)m;
+    return b->n == 1 && !acts;
 }
 
 /* ---- work plan --------------------------------------------------------------- */
@@ -323,12 +337,13 @@ static void att_chunk(const dctx *X, const ds4_decode_scratch *S, int l, int h) 
     const ds4_config *c = &X->m->cfg;
     const ds4_kv_cache *kv = X->kv;
     const size_t base = (size_t)X->seq * kv->capacity;
-    const ds4_attn a = {
+    ds4_attn a = {
         .n_q = 1, .q = S->q, .qpos = X->pos, .n_kv = kv->len[l][X->seq], .k = kv->k[l] + base * S->KD,
         .v = kv->v[l] + base * S->KD, .kpos = kv->pos[l] + base, .n_heads = c->num_attention_heads,
         .n_kv_heads = c->num_key_value_heads, .head_dim = S->Dh, .window = c->sliding_window,
         .sinks = X->m->w.layers[l].sinks, .sel = NULL, .sel_k = 0,
     };
+    if (S->sk) { a.window = 0; a.sel = S->sel; a.sel_k = S->sk; }   /* the window is in the key list */
     ds4_attn_decode_head(&a, h, S->att + (size_t)h * S->Dh);
 }
 
@@ -354,6 +369,22 @@ static void prune_chunk(const dctx *X, ds4_decode_scratch *S, dthread *t, int l)
     }
 }
 
+/* Lightning indexer of layer l (SPEC 1.4): this token's indexer query,
+ * weights and key (stored in the cache beside its K/V row), then its key
+ * list over the layer's cached keys, exactly as the batched forward. */
+static int index_chunk(const dctx *X, ds4_decode_scratch *S, dthread *t, int l) {
+    const ds4_config *c = &X->m->cfg;
+    const ds4_layer *W = &X->m->w.layers[l];
+    ds4_kv_cache *kv = X->kv;
+    norm_row(t->xn, S->x, W->input_layernorm, S->D, c->rms_norm_eps);
+    ds4_indexer_project(c, W, t->xn, X->pos, 1, S->iq, S->ik, S->ikraw, &S->ikrstd, S->iw);
+    const int n_kv = kv->len[l][X->seq];
+    const size_t base = (size_t)X->seq * kv->capacity;
+    float *kb = kv->ki[l] + (size_t)X->seq * kv->ki_stride;
+    ds4_indexer_key_put(kb, n_kv - 1, S->ik, S->Di);
+    return ds4_indexer_select(c, S->iq, S->iw, 1, X->pos, kb, kv->pos[l] + base, n_kv, S->sel);
+}
+
 /* Every thread of the region runs this over the same phase list. */
 static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4_decode_scratch *S, int nth) {
     const int me = omp_get_thread_num();
@@ -376,6 +407,9 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
                 case PH_GU: gu_chunk(P->job, S, t, c); break;
                 case PH_ATT: att_chunk(X, S, P->layer, c); break;
                 case PH_PRUNE: prune_chunk(X, S, t, P->layer); break;
+                case PH_INDEX:
+                    if (index_chunk(X, S, t, P->layer) != 0) S->failed = 1;
+                    break;
                 }
                 atomic_fetch_add_explicit(&L->done, 1, memory_order_release);
             }
@@ -429,6 +463,7 @@ static int add_attn(dphase *ph, int n, const ds4_model *m, int l, const dlayer *
     const ds4_config *c = &m->cfg;
     if (ds4_prune_ratio(c, l) > 0) n = add_phase(ph, n, PH_PRUNE, NULL, NULL, l, 1, S, c);
     n = add_phase(ph, n, PH_MV, &P->qkv, m->w.layers[l].input_layernorm, l, P->qkv.total, S, c);
+    if (S->sk) n = add_phase(ph, n, PH_INDEX, NULL, NULL, l, 1, S, c);
     n = add_phase(ph, n, PH_ATT, NULL, NULL, l, c->num_attention_heads, S, c);
     return add_phase(ph, n, PH_MV, &P->o, NULL, l, P->o.total, S, c);
 }
@@ -455,7 +490,8 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
     ds4_decode_scratch *S = kv->decode;
     if (S && (S->nth < nth || S->D != D || S->Q != c->num_attention_heads * c->head_dim ||
               S->KD != kv->kv_dim || S->F != c->intermediate_size || S->Dh != c->head_dim ||
-              S->L != L || (!S->moe && c->n_routed_experts > 0 && c->first_k_dense_replace < L))) {
+              S->L != L || (!S->moe && c->n_routed_experts > 0 && c->first_k_dense_replace < L) ||
+              S->sk != ds4_indexer_sel_k(c) || (S->sk && (S->Hi != c->index_n_heads || S->Di != c->index_head_dim)))) {
         ds4_decode_scratch_free(S);
         kv->decode = S = NULL;
     }
@@ -499,7 +535,12 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
         else if (logits) {
             n = add_phase(S->ph, n, PH_MV, &lm, m->w.norm, l, lm.total, S, c);
         }
+        S->failed = 0;
         run_region(&X, S->ph, n, S, nth);
+        if (S->failed) {
+            ds4_set_error("decode step: the indexer's key selection failed (out of memory?)");
+            return -1;
+        }
         if (l == L) break;
         l0 = l + 1;
         const int pruned = ds4_prune_ratio(c, l) > 0;
