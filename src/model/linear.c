@@ -119,7 +119,6 @@ static void lora_add(const ds4_model *m, float *y, const float *x, const float *
     }
 }
 
-int ds4_linear_has_adapters(const ds4_model *m) { return m && m->lora; }
 
 /* Per-thread scratch for acc = 1 with quantized weights. */
 static _Thread_local float *tl_buf;

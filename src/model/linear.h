@@ -23,9 +23,6 @@ int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const
  * most 64 models with adapters at once. */
 int ds4_linear_set_lora(ds4_model *m, ds4_lora_slot *slot);
 
-/* 1 when m has LoRA adapters attached. */
-int ds4_linear_has_adapters(const ds4_model *m);
-
 /* The adapter of the tensor whose rows row0 .. row0+out start at w (the
  * caller adds scale * B[rows] (A x)), or NULL when it has none. The batch-1
  * decode step (decode.c) reads weights without ds4_linear and uses this. */
