@@ -259,7 +259,7 @@ static int split_holdout(const int *ids, size_t n, long every, int **kept, size_
  * over the tail, the fraction of tail steps it was above the step's mean
  * (the sign rule drives this to 1/2, i.e. the median load to the mean), and
  * its live vs averaged bias. */
-static int diag_hier(const moe_opts *o, ds4_model *m, const heldout *ho, const int *train, size_t ntrain,
+static int diag_hier(const moe_opts *o, ds4_model *m, ds4_train_ctx *ctx, const heldout *ho, const int *train, size_t ntrain,
                      const ds4_moe_report *rep,
                      const int64_t *tail_load, const int *tail_above, long tail, const double *bias_sum,
                      float *bias_live, run_result *res) {
@@ -299,14 +299,36 @@ static int diag_hier(const moe_opts *o, ds4_model *m, const heldout *ho, const i
             memcpy(tr + got, train + i, sizeof(int) * len);
             got += len;
         }
+        if (got > (size_t)o->batch * T + 1) got = (got - 1) / ((size_t)o->batch * T) * ((size_t)o->batch * T) + 1;
         ds4_moe_report t = {.n_ranks = 1, .ranks = {4}};
         const int trc = tr ? ds4_moe_measure(m, tr, got, T, &t) : -1;
-        free(tr);
-        if (trc != 0) return -1;
+        if (trc != 0) { free(tr); return -1; }
         pooled_stats p;
         pool_report(&t, &p);
         fprintf(stderr, "  diag: utilization on %lld trained tokens (inference path, final model) %.1f%%, loss %.4f\n",
                 (long long)t.tokens, 100 * p.util, t.loss);
+        /* the same windows through the training forward (batches of B windows) */
+        const int B = (int)o->batch;
+        int64_t *tl2 = calloc((size_t)L * E, sizeof(int64_t));
+        int *bb = ds4_malloc(sizeof(int) * (size_t)B * (T + 1));
+        const size_t nwin = (got - 1) / (size_t)T;
+        size_t wdone = 0;
+        for (size_t w0 = 0; tl2 && bb && w0 + (size_t)B <= nwin; w0 += (size_t)B) {
+            for (int b = 0; b < B; b++) memcpy(bb + (size_t)b * (T + 1), tr + (w0 + b) * T, sizeof(int) * (size_t)(T + 1));
+            if (isnan(ds4_train_ctx_loss(ctx, m, bb))) break;
+            ds4_moe_loads_add(c, ds4_train_ctx_acts(ctx), tl2);
+            wdone += (size_t)B;
+        }
+        ds4_moe_report t2 = {.n_layers = L, .E = E, .load = tl2};
+        for (int l = 0; l < L; l++) t2.is_moe[l] = ds4_layer_is_moe(c, l);
+        pooled_stats p2;
+        pool_report(&t2, &p2);
+        int64_t dmax = 0;
+        for (size_t i = 0; i < (size_t)L * E; i++) dmax = DS4_MAX(dmax, llabs(tl2[i] - t.load[i]));
+        fprintf(stderr, "  diag: the same tokens through the training forward (%zu windows of %d in batches of %d): %.1f%%;\n"
+                "    largest per-expert load difference to the inference path %lld\n", wdone, T, B, 100 * p2.util,
+                (long long)dmax);
+        free(tl2); free(bb); free(tr);
         for (int l = 0; l < L; l++) {
             if (!ds4_layer_is_moe(c, l)) continue;
             const int64_t *hl = rep->load + (size_t)l * E, *tl = t.load + (size_t)l * E;
@@ -474,7 +496,7 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
         ds4_moe_report_free(&blk);
         if (prc != 0) goto out;
     }
-    if (o->diag && run == RUN_HIER && (rc = diag_hier(o, m, ho, train, ntrain, &res->rep, tail_load, tail_above, tail, bias_sum,
+    if (o->diag && run == RUN_HIER && (rc = diag_hier(o, m, ctx, ho, train, ntrain, &res->rep, tail_load, tail_above, tail, bias_sum,
                                                     bias_live, res)) != 0)
         goto out;
     rc = -1;
