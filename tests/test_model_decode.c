@@ -74,6 +74,32 @@ static void decode_all(const ds4_model *m, const int *ids, int T, float *out) {
     ds4_kv_cache_free(kv);
 }
 
+/* Decode logits got [T, V] against the batched forward's want: within float
+ * rounding (1e-4 of the largest logit) at every token. A quantized model
+ * quantizes each activation to int8, so a last-bit difference of the two
+ * paths' attention (tiled vs per-head kernels) can flip one rounding and move
+ * that token's logits by a quantization step: there at most one token in
+ * eight may differ by more, and none by more than 2% of the largest logit. */
+static float check_close(const float *got, const float *want, int T, int V, int quantized) {
+    float mx = 0, worst = 0;
+    for (int i = 0; i < T * V; i++) mx = fmaxf(mx, fabsf(want[i]));
+    const float tol = 1e-4f * fmaxf(1.0f, mx);
+    int flips = 0;
+    for (int t = 0; t < T; t++) {
+        float d = 0;
+        for (int v = 0; v < V; v++) d = fmaxf(d, fabsf(got[(size_t)t * V + v] - want[(size_t)t * V + v]));
+        worst = fmaxf(worst, d);
+        if (d >= tol) flips++;
+    }
+    assert_true(mx > 0.3f);
+    if (!quantized) assert_true(worst < tol);
+    else {
+        assert_true(flips <= T / 8);
+        assert_true(worst < 0.02f * fmaxf(1.0f, mx));
+    }
+    return worst;
+}
+
 static void test_decode_matches_batched(void **st) {
     (void)st;
     enum { T = 20 };
@@ -96,16 +122,9 @@ static void test_decode_matches_batched(void **st) {
             omp_set_num_threads(3);           /* more threads than cores: chunks change hands */
             decode_all(m, ids, T, d3);
             omp_set_num_threads(saved);
-            float diff = 0, mx = 0;
-            for (int i = 0; i < T * V; i++) {
-                diff = fmaxf(diff, fabsf(d1[i] - full[i]));
-                mx = fmaxf(mx, fabsf(full[i]));
-            }
-            print_message("  %-5s %-12s decode vs batched max |diff| %.2e (|logit| max %.2f)\n",
-                          ds4_q_type_name((ds4_qtype)qt), variant == 0 ? "untied" : variant == 1 ? "tied" : "window+sinks",
-                          diff, mx);
-            assert_true(mx > 0.3f);
-            assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
+            const float diff = check_close(d1, full, T, V, qt != DS4_Q_F32);
+            print_message("  %-5s %-12s decode vs batched max |diff| %.2e\n", ds4_q_type_name((ds4_qtype)qt),
+                          variant == 0 ? "untied" : variant == 1 ? "tied" : "window+sinks", diff);
             assert_memory_equal(d1, d2, sizeof(float) * T * V);
             assert_memory_equal(d1, d3, sizeof(float) * T * V);
             free(full); free(d1); free(d2); free(d3);
@@ -167,16 +186,12 @@ static void test_decode_lora(void **st) {
         omp_set_num_threads(2);
         decode_all(m, ids, T, d2);
         omp_set_num_threads(saved);
-        float diff = 0, mx = 0, moved = 0;
-        for (int i = 0; i < T * V; i++) {
-            diff = fmaxf(diff, fabsf(d1[i] - full[i]));
-            mx = fmaxf(mx, fabsf(full[i]));
-            moved = fmaxf(moved, fabsf(full[i] - plain[i]));
-        }
+        float moved = 0;
+        for (int i = 0; i < T * V; i++) moved = fmaxf(moved, fabsf(full[i] - plain[i]));
+        const float diff = check_close(d1, full, T, V, qt != DS4_Q_F32);
         print_message("  %-5s LoRA decode vs batched max |diff| %.2e, adapter moves logits by %.2f\n",
                       ds4_q_type_name((ds4_qtype)qt), diff, moved);
         assert_true(moved > 0.05f);                       /* the adapter matters */
-        assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
         assert_memory_equal(d1, d2, sizeof(float) * T * V);
         free(plain); free(full); free(d1); free(d2);
         ds4_model_free(m);
@@ -227,15 +242,10 @@ static void test_decode_pruned(void **st) {
                 ds4_kv_cache_free(kv);
             }
             omp_set_num_threads(saved);
-            float diff = 0, mx = 0;
-            for (int i = 0; i < T * V; i++) {
-                diff = fmaxf(diff, fabsf(d[0][i] - full[i]));
-                mx = fmaxf(mx, fabsf(full[i]));
-            }
+            const float diff = check_close(d[0], full, T, V, qt != DS4_Q_F32);
             print_message("  %-5s %-7s pruned decode vs batched max |diff| %.2e, layer 1 kept %lld of %d\n",
                           ds4_q_type_name((ds4_qtype)qt), moe ? "moe" : g_index ? "indexer" : "dense", diff,
                           (long long)kb->prune[1].kept, T);
-            assert_true(diff < 1e-4f * fmaxf(1.0f, mx));
             assert_memory_equal(d[0], d[1], sizeof(float) * T * V);
             free(full); free(d[0]); free(d[1]); free(seq0);
             ds4_kv_cache_free(kb);

@@ -3,6 +3,7 @@
  * per-token RoPE table. */
 #include <math.h>
 #include "kernels/decode.h"
+#include "kernels/tile.h"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -67,10 +68,11 @@ void ds4_attn_decode_head(const ds4_attn *a, int h, float *out) {
     const int *sel = a->sel;
     const int hi = sel ? a->sel_k : first_after(a->kpos, a->n_kv, qp);
     const int lo = !sel && a->window > 0 ? first_after(a->kpos, hi, qp - a->window) : 0;
-    const float *q = a->q + (size_t)h * Dh, scale = 1.0f / sqrtf((float)Dh);
+    /* scores in base 2 (q k / sqrt(Dh) * log2 e): the weights are 2^(s - max), 8 at a time */
+    const float *q = a->q + (size_t)h * Dh, scale = 1.4426950408889634f / sqrtf((float)Dh);
     const float *K = a->k + (size_t)kvh * Dh, *V = a->v + (size_t)kvh * Dh;
-    /* the sink starts the softmax: logit sinks[h], weight exp(0) = 1, value 0 */
-    float m = a->sinks ? a->sinks[h] : -INFINITY, l = a->sinks ? 1.0f : 0.0f;
+    /* the sink starts the softmax: logit sinks[h], weight 2^0 = 1, value 0 */
+    float m = a->sinks ? a->sinks[h] * 1.4426950408889634f : -INFINITY, l = a->sinks ? 1.0f : 0.0f;
     for (int d = 0; d < Dh; d++) out[d] = 0.0f;
     float s[CH];
     int kj[CH];
@@ -82,21 +84,23 @@ void ds4_attn_decode_head(const ds4_attn *a, int h, float *out) {
             /* a listed key must still be visible: causal, and inside the window if any */
             if (sel && (kj[j] < 0 || a->kpos[kj[j]] > qp || (a->window > 0 && qp - a->kpos[kj[j]] >= a->window))) {
                 kj[j] = -1;
+                s[j] = -INFINITY;          /* weight 0 */
                 continue;
             }
             s[j] = dot(q, K + (size_t)kj[j] * KD, Dh) * scale;
             cm = s[j] > cm ? s[j] : cm;
         }
         if (cm > m) {                       /* rescale what is accumulated */
-            const float r = expf(m - cm);   /* 0 when m is -inf */
+            const float r = exp2f(m - cm);  /* 0 when m is -inf */
             l *= r;
             for (int d = 0; d < Dh; d++) out[d] *= r;
             m = cm;
         }
+        if (m == -INFINITY) continue;       /* nothing visible yet */
+        l += ds4_tile_exp2_sum(s, nj, m);   /* s[j] = 2^(s[j] - m) */
         for (int j = 0; j < nj; j++) {
             if (kj[j] < 0) continue;
-            const float p = expf(s[j] - m), *v = V + (size_t)kj[j] * KD;
-            l += p;
+            const float p = s[j], *v = V + (size_t)kj[j] * KD;
             for (int d = 0; d < Dh; d++) out[d] += p * v[d];
         }
     }
