@@ -26,6 +26,7 @@ typedef struct moe_opts {
     long holdout_every;      /* every N-th block of the training text is held out (0: none) */
     long bias_calib;         /* (c): every N-th remaining block is the bias's load stream, trained on by no run (0: off) */
     long bias_every;         /* (c): bias update every K steps on the loads summed over them [1: SPEC] */
+    long bias_settle;        /* (c): after training, N forward-only batches of the sign rule with u decaying to 0 */
     double lr, bias_rate, aux_alpha, bias_freeze, hier_aux_alpha;
     double bias_ema;         /* (c): sign rule on an EMA of the per-step loads (0: off, SPEC) */
     int bias_follow_lr;
@@ -92,6 +93,9 @@ static void help(void) {
            "  --bias-calib N       (c): the sign rule on the loads of a forward on B x T tokens of a calibration\n"
            "                       stream after each step, not on the step's own loads: every N-th block of\n"
            "                       the training text left after --holdout-every, trained on by no run [0: off, SPEC]\n"
+           "  --bias-settle N      (c): after the last step, N forward-only batches of training text, each\n"
+           "                       followed by the sign rule with u decaying linearly to 0: the bias settles\n"
+           "                       on the final router (no weight changes) [0: off, SPEC]\n"
            "  --diag               (c): also the final model's loads on trained tokens (training forward and\n"
            "                       inference path), held-out utilization with the bias averaged over the last\n"
            "                       10%% of the steps, and each layer's hottest held-out expert against training\n"
@@ -467,6 +471,28 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
                     (double)(s + 1) * B * T / (ds4_time_s() - t0));
         }
     }
+    if (run == RUN_HIER && o->bias_settle > 0) {
+        /* --bias-settle: the router is fixed now; the sign rule on forward-only batches of training
+         * text, u decaying linearly to 0, balances the final model rather than a moving one */
+        ds4_rng srng;
+        ds4_rng_seed(&srng, (uint64_t)o->seed * 15485863 + 5);
+        for (long k = 0; k < o->bias_settle; k++) {
+            for (int b = 0; b < B; b++) {
+                const size_t off = (size_t)(ds4_rng_u64(&srng) % (uint64_t)(ntrain - (size_t)T - 1));
+                memcpy(buf + (size_t)b * (T + 1), train + off, sizeof(int) * (size_t)(T + 1));
+            }
+            if (isnan(ds4_train_ctx_loss(ctx, m, buf))) goto out;
+            memset(step_load, 0, LE * sizeof(int64_t));
+            ds4_moe_loads_add(&m->cfg, ds4_train_ctx_acts(ctx), step_load);
+            const float u = (float)(c->router_bias_update_rate * (1.0 - (double)k / (double)o->bias_settle));
+            for (int l = 0; l < L; l++) {
+                if (!ds4_layer_is_moe(c, l)) continue;
+                ds4_moe_load_window_add(win + (size_t)l * E, step_load + (size_t)l * E, E, 0.0, 1);
+                ds4_moe_bias_update_window(m->w.layers[l].router_bias, win + (size_t)l * E, E, u);
+            }
+        }
+        fprintf(stderr, "  %-26s bias settled over %ld forward-only batches\n", RUN_NAME[run], o->bias_settle);
+    }
     m->cfg.router_bias_update_rate = c->router_bias_update_rate;      /* the config as given, for --save */
     res->seconds = ds4_time_s() - t0;
     res->tokens_per_s = (double)o->steps * B * T / res->seconds;
@@ -617,6 +643,9 @@ static int run_study(const moe_opts *o) {
     if (o->bias_ema > 0) printf("EMA of the step loads, beta %g, update every %ld step(s);\n", o->bias_ema, o->bias_every);
     else if (o->bias_every > 1) printf("summed over %ld steps, one update per %ld steps;\n", o->bias_every, o->bias_every);
     else printf("each step's own (SPEC);\n");
+    if (o->bias_settle > 0)
+        printf("  (c) after training: the bias settles on %ld forward-only batches of training text (u decaying to 0)\n",
+               o->bias_settle);
     printf("  (b): aux alpha %g; (a), (b): softmax\n", o->aux_alpha);
     const int64_t nv_eval = DS4_MIN((int64_t)nval, (int64_t)o->eval_tokens) - 1;   /* tokens with a target */
     printf("  data: %s, %.2fM training tokens per run (%ld steps x %ld x %ld, lr %g, same batches),\n"
@@ -942,6 +971,7 @@ int bench_moe(int argc, char **argv) {
             {"--layer-tokens", &o.layer_tokens, 1, 1 << 20}, {"--elem-bytes", &o.elem_bytes, 1, 8},
             {"--log-every", &o.log_every, 1, 1L << 30}, {"--holdout-every", &o.holdout_every, 0, 1L << 20},
             {"--bias-every", &o.bias_every, 1, 1L << 20}, {"--bias-calib", &o.bias_calib, 0, 1L << 20},
+            {"--bias-settle", &o.bias_settle, 0, 1L << 20},
         };
         struct { const char *name; double *dst; } fls[] = {
             {"--lr", &o.lr}, {"--bias-rate", &o.bias_rate}, {"--aux-alpha", &o.aux_alpha},
