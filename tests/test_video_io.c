@@ -340,13 +340,10 @@ static void draw_ball(uint8_t *rgb, int W, int H, double col, double row, double
                         ds4_world_palette[color]);
 }
 
-/* Identical clips: no error; a ball moved by exactly 1 px in every frame: the
- * centroid error is 1 px and the MSE is the pixels that changed colour. */
-static void test_metrics(void **state) {
-    (void)state;
-    const int T = 4, H = 64, W = 64;
-    size_t fb = (size_t)H * W * 3;
-    uint8_t *a = malloc(T * fb), *b = malloc(T * fb);
+/* Two T-frame 64x64 clips on the background: a red ball that moves 3 px a
+ * frame, in b 1 px to the right of where it is in a. */
+static void red_ball_pair(uint8_t *a, uint8_t *b, int T, int H, int W) {
+    const size_t fb = (size_t)H * W * 3;
     for (int t = 0; t < T; t++) {
         for (size_t p = 0; p < (size_t)H * W; p++) {
             memcpy(a + t * fb + 3 * p, ds4_world_palette[DS4_WC_BACKGROUND], 3);
@@ -354,6 +351,18 @@ static void test_metrics(void **state) {
         }
         draw_ball(a + t * fb, W, H, 20 + 3 * t, 30, 4.3, DS4_WC_RED);
         draw_ball(b + t * fb, W, H, 21 + 3 * t, 30, 4.3, DS4_WC_RED);
+    }
+}
+
+/* Identical clips: no error; a ball moved by exactly 1 px in every frame: the
+ * centroid error is 1 px and the MSE is the pixels that changed colour. */
+static void test_metrics(void **state) {
+    (void)state;
+    const int T = 4, H = 64, W = 64;
+    size_t fb = (size_t)H * W * 3;
+    uint8_t *a = malloc(T * fb), *b = malloc(T * fb);
+    red_ball_pair(a, b, T, H, W);
+    for (int t = 0; t < T; t++) {
         draw_ball(a + t * fb, W, H, 45, 12 + t, 3.1, DS4_WC_BLUE);
         draw_ball(b + t * fb, W, H, 45, 12 + t, 3.1, DS4_WC_BLUE);
     }
@@ -394,14 +403,7 @@ static void test_metrics_split(void **state) {
     const int T = 4, H = 64, W = 64;
     size_t fb = (size_t)H * W * 3;
     uint8_t *a = malloc(T * fb), *b = malloc(T * fb);
-    for (int t = 0; t < T; t++) {
-        for (size_t p = 0; p < (size_t)H * W; p++) {
-            memcpy(a + t * fb + 3 * p, ds4_world_palette[DS4_WC_BACKGROUND], 3);
-            memcpy(b + t * fb + 3 * p, ds4_world_palette[DS4_WC_BACKGROUND], 3);
-        }
-        draw_ball(a + t * fb, W, H, 20 + 3 * t, 30, 4.3, DS4_WC_RED);
-        draw_ball(b + t * fb, W, H, 21 + 3 * t, 30, 4.3, DS4_WC_RED);
-    }
+    red_ball_pair(a, b, T, H, W);
     a[5] = 99;   /* one pixel of no palette colour: counted overall, in no class */
     ds4_vtok_eval_stats dry = {0}, wet = {0};
     assert_int_equal(ds4_vtok_eval_compare(a, b, T, H, W, &dry), 0);

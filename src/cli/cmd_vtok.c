@@ -297,9 +297,10 @@ done:
 
 /* ---- eval --------------------------------------------------------------------- */
 
-/* Round trip clip by clip, printing each clip's figures, pooled into st. */
-static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, int max_clips,
-                         ds4_vtok_eval_stats *st) {
+/* fn(clip, shard, k, index, ctx) for every clip (or the first max_clips) of DIR/<split>-*.ds4w */
+typedef int (*clip_fn)(const uint8_t *clip, const ds4_world_shard *sh, int k, int index, void *ctx);
+
+static int each_clip(const char *dir, const char *split, int max_clips, clip_fn fn, void *ctx) {
     char **paths = NULL;
     int n = 0, done = 0, rc = 0;
     if (ds4_world_dataset_shards(dir, split, &paths, &n) != 0) return -1;
@@ -307,17 +308,11 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
         ds4_world_shard *sh = ds4_world_shard_open(paths[i], 0);
         if (!sh) { rc = -1; break; }
         for (int k = 0; k < sh->n_clips && (max_clips <= 0 || done < max_clips); k++, done++) {
-            ds4_vtok_eval_stats one = {0};
             const uint8_t *clip = ds4_world_shard_clip(sh, k);
-            if (!clip || ds4_vtok_eval_clip(m, clip, sh->n_frames, sh->height, sh->width, &one, NULL) != 0) {
+            if (!clip || fn(clip, sh, k, done, ctx) != 0) {
                 rc = -1;
                 break;
             }
-            printf("  clip %4d seed %-8llu %s psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
-                   done, (unsigned long long)sh->seeds[k], one.n_clips_water ? "water" : "     ",
-                   ds4_vtok_eval_psnr(&one),
-                   ds4_vtok_eval_centroid(&one), one.cent_max, one.n_matched, one.n_missed);
-            ds4_vtok_eval_merge(st, &one);
         }
         ds4_world_shard_close(sh);
     }
@@ -326,31 +321,28 @@ static int eval_per_clip(const ds4_vtok *m, const char *dir, const char *split, 
     return rc;
 }
 
-/* The water-blur bound (ds4_vtok_water_blur, 4x4 px blocks) of the same clips, pooled into st. */
-static int water_bound_dir(const char *dir, const char *split, int max_clips, int tubelet,
-                           ds4_vtok_eval_stats *st) {
-    char **paths = NULL;
-    int n = 0, done = 0, rc = 0;
-    if (ds4_world_dataset_shards(dir, split, &paths, &n) != 0) return -1;
-    for (int i = 0; i < n && rc == 0 && (max_clips <= 0 || done < max_clips); i++) {
-        ds4_world_shard *sh = ds4_world_shard_open(paths[i], 0);
-        if (!sh) { rc = -1; break; }
-        uint8_t *ref = ds4_malloc((size_t)sh->n_frames * sh->height * sh->width * 3);
-        for (int k = 0; ref && k < sh->n_clips && (max_clips <= 0 || done < max_clips); k++, done++) {
-            const uint8_t *clip = ds4_world_shard_clip(sh, k);
-            if (!clip ||
-                ds4_vtok_water_blur(clip, sh->n_frames, sh->height, sh->width, tubelet, 4, ref) != 0 ||
-                ds4_vtok_eval_compare(clip, ref, sh->n_frames, sh->height, sh->width, st) != 0) {
-                rc = -1;
-                break;
-            }
-        }
-        if (!ref) rc = -1;
-        free(ref);
-        ds4_world_shard_close(sh);
-    }
-    for (int i = 0; i < n; i++) free(paths[i]);
-    free(paths);
+typedef struct { const ds4_vtok *m; ds4_vtok_eval_stats *st; int tubelet; } eval_ctx;
+
+/* Round trip of one clip, its figures printed, pooled into st. */
+static int eval_one(const uint8_t *clip, const ds4_world_shard *sh, int k, int index, void *ctx) {
+    const eval_ctx *e = ctx;
+    ds4_vtok_eval_stats one = {0};
+    if (ds4_vtok_eval_clip(e->m, clip, sh->n_frames, sh->height, sh->width, &one, NULL) != 0) return -1;
+    printf("  clip %4d seed %-8llu %s psnr %6.2f dB  centroid %6.3f px (max %6.3f, %ld ball-frames, %ld missed)\n",
+           index, (unsigned long long)sh->seeds[k], one.n_clips_water ? "water" : "     ", ds4_vtok_eval_psnr(&one),
+           ds4_vtok_eval_centroid(&one), one.cent_max, one.n_matched, one.n_missed);
+    ds4_vtok_eval_merge(e->st, &one);
+    return 0;
+}
+
+/* The water-blur bound (ds4_vtok_water_blur, 4x4 px blocks) of one clip, pooled into st. */
+static int bound_one(const uint8_t *clip, const ds4_world_shard *sh, int k, int index, void *ctx) {
+    (void)k; (void)index;
+    const eval_ctx *e = ctx;
+    uint8_t *ref = ds4_malloc((size_t)sh->n_frames * sh->height * sh->width * 3);
+    int rc = !ref || ds4_vtok_water_blur(clip, sh->n_frames, sh->height, sh->width, e->tubelet, 4, ref) != 0 ||
+             ds4_vtok_eval_compare(clip, ref, sh->n_frames, sh->height, sh->width, e->st) != 0 ? -1 : 0;
+    free(ref);
     return rc;
 }
 
@@ -399,7 +391,7 @@ static int vtok_eval(int argc, char **argv) {
             ds4_vtok_free(m);
             return cli_fail(cmd);
         }
-    } else if (eval_per_clip(m, data, split, (int)clips, &st) != 0) {
+    } else if (each_clip(data, split, (int)clips, eval_one, &(eval_ctx){.m = m, .st = &st}) != 0) {
         ds4_vtok_free(m);
         return cli_fail(cmd);
     }
@@ -422,7 +414,7 @@ static int vtok_eval(int argc, char **argv) {
     double bound_all = NAN, bound_wet = NAN;
     if (bound) {
         ds4_vtok_eval_stats bs = {0};
-        if (water_bound_dir(data, split, (int)clips, m->cfg.tubelet, &bs) != 0) {
+        if (each_clip(data, split, (int)clips, bound_one, &(eval_ctx){.st = &bs, .tubelet = m->cfg.tubelet}) != 0) {
             ds4_vtok_free(m);
             return cli_fail(cmd);
         }
