@@ -345,11 +345,11 @@ static void test_server_videos(void **st) {
     assert_non_null(s);
     sink k;
     assert_int_equal(post(s, "/v1/videos", "{\"prompt\":\"a red ball\",\"seconds\":2,\"fps\":12,\"seed\":5,"
-                                            "\"temperature\":0.5,\"scale\":2}", NULL, &k), 200);
+                                            "\"temperature\":0.5,\"scale\":2,\"guidance_scale\":2.5}", NULL, &k), 200);
     assert_int_equal(fv.calls, 1);
     assert_string_equal(fv.prompt, "a red ball");
     assert_true(fv.last.seconds == 2 && fv.last.fps == 12 && fv.last.seed == 5 && fv.last.scale == 2);
-    assert_true(fv.last.temperature == 0.5f);
+    assert_true(fv.last.temperature == 0.5f && fv.last.guidance == 2.5f);
     cJSON *j = cJSON_Parse(k.b.p);
     assert_non_null(j);
     cJSON *d = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "data"), 0);
@@ -368,7 +368,8 @@ static void test_server_videos(void **st) {
     int before = fv.calls;
     const char *bad[] = {"{}", "{\"prompt\":3}", "{\"prompt\":\"x\",\"seconds\":0}", "{\"prompt\":\"x\",\"seconds\":61}",
                          "{\"prompt\":\"x\",\"fps\":0}", "{\"prompt\":\"x\",\"response_format\":\"mp4\"}",
-                         "{\"prompt\":\"x\",\"scale\":9}", "{\"prompt\":\"x\",\"top_p\":0}"};
+                         "{\"prompt\":\"x\",\"scale\":9}", "{\"prompt\":\"x\",\"top_p\":0}",
+                         "{\"prompt\":\"x\",\"guidance_scale\":-1}", "{\"prompt\":\"x\",\"guidance_scale\":\"2\"}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(post(s, "/v1/videos", bad[i], NULL, &k), 400);
         free(k.b.p);

@@ -140,28 +140,40 @@ static void test_structure(void **state) {
 /* Greedy generation recomputed from scratch at every code (no cache): the
  * context is rebuilt by the documented rule (prefix + at most window
  * complete frames; on reaching window, the last keep). */
+/* The code logits after prefix + frames s..f-1 + the first j codes of frame f. */
+static void naive_logits(const ds4_wm *w, const int *prefix, int np, const int32_t *out, int s, int f, int j,
+                         float *logits, float *z) {
+    const ds4_wm_layout *L = &w->L;
+    const int V = w->m->cfg.vocab_size, cpf = L->cpf;
+    int toks[512], n = np;
+    memcpy(toks, prefix, sizeof(int) * (size_t)np);
+    for (int g = s; g < f; g++) {
+        for (int k = 0; k < cpf; k++) toks[n++] = L->code_offset + out[g * cpf + k];
+        toks[n++] = L->frame;
+    }
+    for (int k = 0; k < j; k++) toks[n++] = L->code_offset + out[f * cpf + k];
+    assert_int_equal(ds4_forward_logits(w->m, toks, n, logits), 0);
+    memcpy(z, logits + (size_t)(n - 1) * V + L->code_offset, sizeof(float) * (size_t)L->n_codes);
+}
+
+/* cfg != 1 with a caption: argmax of u + cfg (c - u), u from the prefix without the caption. */
 static void naive(const ds4_wm *w, const char *caption, const int32_t *given, int n_given, int n_new,
-                  int32_t *out) {
+                  float cfg, int32_t *out) {
     const ds4_wm_layout *L = &w->L;
     const int V = w->m->cfg.vocab_size, cpf = L->cpf, win = w->s.window, keep = w->s.keep;
-    int prefix[64];
-    const int np = prefix_of(w, caption, prefix);
+    int prefix[64], uprefix[4];
+    const int np = prefix_of(w, caption, prefix), nu = prefix_of(w, NULL, uprefix);
+    const int guided = caption && cfg != 1.0f;
     memcpy(out, given, sizeof(int32_t) * (size_t)n_given * cpf);
     int s = n_given - (n_given < win ? n_given : win - 1);     /* first frame in context */
-    float *logits = malloc(sizeof(float) * 512 * V);
-    int toks[512];
+    float *logits = malloc(sizeof(float) * 512 * V), z[64], u[64];
     for (int f = n_given; f < n_given + n_new; f++) {
         for (int j = 0; j < cpf; j++) {
-            int n = 0;
-            memcpy(toks, prefix, sizeof(int) * (size_t)np);
-            n = np;
-            for (int g = s; g < f; g++) {
-                for (int k = 0; k < cpf; k++) toks[n++] = L->code_offset + out[g * cpf + k];
-                toks[n++] = L->frame;
+            naive_logits(w, prefix, np, out, s, f, j, logits, z);
+            if (guided) {
+                naive_logits(w, uprefix, nu, out, s, f, j, logits, u);
+                for (int c = 0; c < L->n_codes; c++) z[c] = u[c] + cfg * (z[c] - u[c]);
             }
-            for (int k = 0; k < j; k++) toks[n++] = L->code_offset + out[f * cpf + k];
-            assert_int_equal(ds4_forward_logits(w->m, toks, n, logits), 0);
-            const float *z = logits + (size_t)(n - 1) * V + L->code_offset;
             int best = 0;
             for (int c = 1; c < L->n_codes; c++) if (z[c] > z[best]) best = c;
             out[f * cpf + j] = best;
@@ -185,11 +197,12 @@ static void test_rolling_equals_naive(void **state) {
     for (int i = 0; i < 3; i++) rq[i].out = out[i];
     ds4_wm_gen_params p;
     ds4_wm_gen_params_default(&p);
+    p.cfg_scale = 1.0f;              /* plain conditional sampling */
     p.sampler.temperature = 0;
     ds4_wm_gen_stats st;
     assert_int_equal(ds4_wm_generate(w, rq, 3, &p, &st), 0);
     for (int i = 0; i < 3; i++) {
-        naive(w, rq[i].caption, given, rq[i].n_given, rq[i].n_new, ref);
+        naive(w, rq[i].caption, given, rq[i].n_given, rq[i].n_new, 1.0f, ref);
         assert_memory_equal(out[i], ref, sizeof(int32_t) * (size_t)(rq[i].n_given + rq[i].n_new) * cpf);
     }
     /* one at a time gives the same as the batch */
@@ -198,6 +211,42 @@ static void test_rolling_equals_naive(void **state) {
     rq[2].out = one;
     assert_int_equal(ds4_wm_generate(w, &rq[2], 1, &p, &st), 0);
     assert_memory_equal(one, out[2], sizeof(int32_t) * 8 * cpf);
+}
+
+/* Classifier-free guidance: the batched generator (twin sequences in their own
+ * cache slots, rolling rebuilds of both) equals the naive guided recompute, and
+ * guidance changes what a captioned request generates. */
+static void test_guidance_equals_naive(void **state) {
+    fixture *fx = *state;
+    const ds4_wm *w = &fx->w;
+    const int cpf = w->L.cpf;
+    int32_t given[4] = {1, 2, 3, 4};
+    ds4_wm_request rq[3] = {
+        {.caption = "a large blue ball", .n_new = 6},
+        {.given = given, .n_given = 1, .n_new = 5},
+        {.caption = "two balls: a green ball", .given = given, .n_given = 1, .n_new = 6},
+    };
+    int32_t out[3][12 * 4], plain[12 * 4], ref[12 * 4];
+    for (int i = 0; i < 3; i++) rq[i].out = out[i];
+    ds4_wm_gen_params p;
+    ds4_wm_gen_params_default(&p);
+    p.sampler.temperature = 0;
+    p.cfg_scale = 3.0f;
+    p.batch = 2;                     /* two groups: twins' slots are reused */
+    ds4_wm_gen_stats st;
+    assert_int_equal(ds4_wm_generate(w, rq, 3, &p, &st), 0);
+    long differ = 0;
+    for (int i = 0; i < 3; i++) {
+        const int nl = rq[i].n_given + rq[i].n_new;
+        naive(w, rq[i].caption, given, rq[i].n_given, rq[i].n_new, 3.0f, ref);
+        assert_memory_equal(out[i], ref, sizeof(int32_t) * (size_t)nl * cpf);
+        naive(w, rq[i].caption, given, rq[i].n_given, rq[i].n_new, 1.0f, plain);
+        for (int k = 0; k < nl * cpf; k++) differ += plain[k] != out[i][k];
+    }
+    assert_true(differ > 0);
+    p.cfg_scale = -1.0f;
+    assert_int_equal(ds4_wm_generate(w, rq, 1, &p, &st), -1);
+    assert_non_null(strstr(ds4_error(), "guidance"));
 }
 
 static void test_end_to_end_gif(void **state) {
@@ -272,6 +321,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_structure),
         cmocka_unit_test(test_rolling_equals_naive),
+        cmocka_unit_test(test_guidance_equals_naive),
         cmocka_unit_test(test_end_to_end_gif),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

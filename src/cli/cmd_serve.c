@@ -81,6 +81,7 @@ static int serve_video(void *user, const ds4_server_video_req *r, ds4_server_vid
     gp.sampler.top_p = r->top_p;
     gp.sampler.top_k = r->top_k;
     gp.sampler.seed = r->seed;
+    if (r->guidance >= 0) gp.cfg_scale = r->guidance;
     if (ds4_sampler_params_validate(&gp.sampler)) goto out;
     ds4_wm_request rq = {.caption = r->prompt, .n_new = n_lat, .seed = r->seed, .out = codes};
     if (ds4_wm_generate(w, &rq, 1, &gp, NULL) || ds4_wm_decode(w, codes, n_lat, rgb)) goto out;

@@ -157,7 +157,9 @@ static void help(void) {
            "  --mp4 FILE        also an MP4 (needs ffmpeg; skipped with a note otherwise)\n"
            "  --json FILE       extracted ball trajectories (default: FILE.json next to --out)\n"
            "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1)\n"
-           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n");
+           "  --cfg X           classifier-free guidance scale: codes from u + X (c - u), c with\n"
+           "                    the prompt, u without it (%.1f; 1 = off)\n"
+           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n", (double)DS4_WM_CFG_DEFAULT);
 }
 
 int cmd_video(int argc, char **argv) {
@@ -189,6 +191,7 @@ int cmd_video(int argc, char **argv) {
         else if (!strcmp(a, "--json")) oo.json = v;
         else if (!strcmp(a, "--temp")) { if (cli_float(cmd, a, v, &x)) return 2; gp.sampler.temperature = (float)x; }
         else if (!strcmp(a, "--top-k")) { if (cli_int(cmd, a, v, 0, 1 << 20, &n)) return 2; gp.sampler.top_k = (int)n; }
+        else if (!strcmp(a, "--cfg")) { if (cli_float(cmd, a, v, &x)) return 2; gp.cfg_scale = (float)x; }
         else if (!strcmp(a, "--top-p")) { if (cli_float(cmd, a, v, &x)) return 2; gp.sampler.top_p = (float)x; }
         else if (!strcmp(a, "--seed")) { if (cli_int(cmd, a, v, 0, 1L << 62, &n)) return 2; gp.sampler.seed = (uint64_t)n; }
         else if (!strcmp(a, "--window")) { if (cli_int(cmd, a, v, 2, 4096, &n)) return 2; gp.window = (int)n; }

@@ -622,14 +622,15 @@ int api_videos(ds4_server *s, const char *body, size_t len, char **out, size_t *
     if (!root) return -1;
     int rc = -1;
     const char *prompt = NULL, *fmt = NULL;
-    double seconds = 10, temp = 1, top_p = 1;
+    double seconds = 10, temp = 1, top_p = 1, guidance = -1;
     long long fps = 0, scale = 4, top_k = 0, seed = 42;
     ds4_server_video_out vo = {0};
     if (check_model(s, root, e) || opt_string(root, "prompt", &prompt, e) ||
         opt_num(root, "seconds", 0, 60, &seconds, e) || opt_int(root, "fps", 1, 60, &fps, e) ||
         opt_string(root, "response_format", &fmt, e) || opt_int(root, "scale", 1, 8, &scale, e) ||
         opt_num(root, "temperature", 0, 1000, &temp, e) || opt_num(root, "top_p", 0, 1, &top_p, e) ||
-        opt_int(root, "top_k", 0, 1 << 30, &top_k, e) || opt_int(root, "seed", -9.2e18, 9.2e18, &seed, e))
+        opt_int(root, "top_k", 0, 1 << 30, &top_k, e) || opt_int(root, "seed", -9.2e18, 9.2e18, &seed, e) ||
+        opt_num(root, "guidance_scale", 0, 100, &guidance, e))
         goto out;
     if (!prompt) { api_err(e, 400, "invalid_request_error", NULL, "prompt", "'prompt' (a string) is required"); goto out; }
     if (seconds <= 0) { api_err(e, 400, "invalid_request_error", NULL, "seconds", "'seconds' must be > 0"); goto out; }
@@ -657,7 +658,7 @@ int api_videos(ds4_server *s, const char *body, size_t len, char **out, size_t *
     }
     ds4_server_video_req rq = {.prompt = prompt, .seconds = seconds, .fps = (int)fps, .scale = (int)scale,
                                .temperature = (float)temp, .top_p = (float)top_p, .top_k = (int)top_k,
-                               .seed = (uint64_t)seed};
+                               .guidance = (float)guidance, .seed = (uint64_t)seed};
     int vr = s->o.video(s->o.video_user, &rq, &vo);
     pthread_mutex_unlock(&s->video_mu);
     if (vr != 0 || !vo.gif) {

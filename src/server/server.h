@@ -26,6 +26,7 @@ typedef struct ds4_server_video_req {
     int      scale;           /* GIF pixel upscale, 1..8 */
     float    temperature, top_p;
     int      top_k;
+    float    guidance;      /* classifier-free guidance scale (< 0: the model's default) */
     uint64_t seed;
 } ds4_server_video_req;
 

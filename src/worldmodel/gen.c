@@ -4,7 +4,11 @@
  * codes. The context holds <|bos|> caption <|video|> plus at most `window`
  * latent frames (the training row length); when the next frame would not fit,
  * the sequence's cache slot is cleared and re-prefilled with the prefix and
- * the last `keep` frames, so positions stay inside what training saw. */
+ * the last `keep` frames, so positions stay inside what training saw.
+ * Classifier-free guidance (cfg_scale != 1, captioned requests): a twin
+ * sequence without the caption runs beside each one in its own cache slot and
+ * is fed the same codes; codes are sampled from u + s·(c − u) of the two
+ * sequences' code logits (training drops captions, so the model has both). */
 #include <stdlib.h>
 #include <string.h>
 #include "model/forward.h"
@@ -16,11 +20,13 @@ void ds4_wm_gen_params_default(ds4_wm_gen_params *p) {
     ds4_sampler_params_default(&p->sampler);
     p->sampler.temperature = 0.6f;   /* chosen on 8 validation clips (0.6 / 0.8 / 1.0) */
     p->sampler.seed = 1;
+    p->cfg_scale = DS4_WM_CFG_DEFAULT;
 }
 
 typedef struct gseq {
     ds4_wm_request *rq;
-    int  slot;
+    int  slot, uslot;             /* cache slots: the sequence, its caption-free twin (-1: none) */
+    int  row, urow;               /* their logits rows in the last forward */
     int *prefix, n_prefix;        /* <|bos|> caption <|video|> */
     int  target;                  /* n_given + n_new latent frames */
     int  n_done;                  /* complete latent frames in rq->out */
@@ -38,46 +44,84 @@ typedef struct gctx {
     const ds4_wm_layout *L;
     ds4_kv_cache *kv;
     int window, keep, V;
+    float cfg;                    /* guidance scale */
+    int uprefix[2];               /* the twin's prefix: <|bos|> <|video|> */
     int *tok, *seq, *rows;        /* [cap] batch scratch */
     int cap;
-    float *logits;                /* [rows_cap][V] */
+    float *logits;                /* [2 * batch][V] */
+    float *mix;                   /* [n_codes] guided code logits */
     ds4_wm_gen_stats *st;
 } gctx;
 
-static int sample_code(gctx *g, gseq *s, const float *logits) {
-    int c = ds4_sampler_sample(&s->smp, logits + g->L->code_offset, g->L->n_codes);
+/* Sample the next code of s from its logits row (guided by the twin's row). */
+static int sample_code(gctx *g, gseq *s) {
+    const int nc = g->L->n_codes;
+    const float *z = g->logits + (size_t)s->row * g->V + g->L->code_offset;
+    if (s->uslot >= 0) {
+        const float *u = g->logits + (size_t)s->urow * g->V + g->L->code_offset;
+        for (int c = 0; c < nc; c++) g->mix[c] = u[c] + g->cfg * (z[c] - u[c]);
+        z = g->mix;
+    }
+    int c = ds4_sampler_sample(&s->smp, z, nc);
     if (c < 0) { ds4_set_error("video generation: the sampler failed (NaN logits?)"); return -1; }
     s->pending = c;
     g->st->sampled++;
     return 0;
 }
 
-/* Clear the slot, feed prefix + the last k complete frames, sample the next code. */
-static int rebuild(gctx *g, gseq *s, int k) {
+/* Append prefix + the last k complete frames of s to t (slot `slot` in q). */
+static int put_context(const gctx *g, const gseq *s, const int *prefix, int np, int k, int slot, int *t, int *q) {
     const ds4_wm_layout *L = g->L;
-    if (k > s->n_done) k = s->n_done;
-    const int n = s->n_prefix + k * (L->cpf + 1);
-    int *t = ds4_malloc((size_t)n * sizeof *t), *q = ds4_malloc((size_t)n * sizeof *q);
-    if (!t || !q) { free(t); free(q); return -1; }
-    memcpy(t, s->prefix, (size_t)s->n_prefix * sizeof *t);
-    int j = s->n_prefix;
+    int j = 0;
+    for (int i = 0; i < np; i++) t[j++] = prefix[i];
     for (int f = s->n_done - k; f < s->n_done; f++) {
         for (int c = 0; c < L->cpf; c++) t[j++] = L->code_offset + s->rq->out[(size_t)f * L->cpf + c];
         t[j++] = L->frame;
     }
-    for (int i = 0; i < n; i++) q[i] = s->slot;
+    for (int i = 0; i < j; i++) q[i] = slot;
+    return j;
+}
+
+/* Clear the slot (and the twin's), feed prefix + the last k complete frames, sample the next code. */
+static int rebuild(gctx *g, gseq *s, int k) {
+    const ds4_wm_layout *L = g->L;
+    if (k > s->n_done) k = s->n_done;
+    const int n = s->n_prefix + k * (L->cpf + 1), nu = s->uslot >= 0 ? 2 + k * (L->cpf + 1) : 0;
+    int *t = ds4_malloc((size_t)(n + nu) * sizeof *t), *q = ds4_malloc((size_t)(n + nu) * sizeof *q);
+    if (!t || !q) { free(t); free(q); return -1; }
+    put_context(g, s, s->prefix, s->n_prefix, k, s->slot, t, q);
     ds4_kv_cache_reset_seq(g->kv, s->slot);
-    ds4_batch b = {.n = n, .tokens = t, .seq = q};
-    int last = n - 1;
-    int rc = ds4_forward(g->w->m, &b, g->kv, &last, 1, g->logits);
+    int last[2] = {n - 1, n + nu - 1};
+    if (nu) {
+        put_context(g, s, g->uprefix, 2, k, s->uslot, t + n, q + n);
+        ds4_kv_cache_reset_seq(g->kv, s->uslot);
+    }
+    ds4_batch b = {.n = n + nu, .tokens = t, .seq = q};
+    int rc = ds4_forward(g->w->m, &b, g->kv, last, nu ? 2 : 1, g->logits);
     free(t);
     free(q);
     if (rc != 0) return -1;
-    g->st->prefill_tokens += n;
+    g->st->prefill_tokens += n + nu;
+    s->row = 0;
+    s->urow = 1;
     s->ctx_frames = k;
     s->in_frame = 0;
     s->rebuild = 0;
-    return sample_code(g, s, g->logits);
+    return sample_code(g, s);
+}
+
+/* Queue tokens t[0..k) for s and its twin; each one's last token gets a logits row. */
+static void feed(gctx *g, gseq *s, const int *t, int k, int *nb, int *nr) {
+    for (int twin = 0; twin < (s->uslot >= 0 ? 2 : 1); twin++) {
+        for (int i = 0; i < k; i++) {
+            g->tok[*nb] = t[i];
+            g->seq[*nb] = twin ? s->uslot : s->slot;
+            (*nb)++;
+        }
+        g->rows[*nr] = *nb - 1;
+        *(twin ? &s->urow : &s->row) = *nr;
+        (*nr)++;
+    }
 }
 
 static void record(gseq *s, int token) {
@@ -102,8 +146,9 @@ static int run_group(gctx *g, gseq *S, int n) {
             s->rq->out[(size_t)s->n_done * L->cpf + s->in_frame] = c;
             record(s, L->code_offset + c);
             s->pending = -1;
+            const int fed[2] = {L->code_offset + c, L->frame};
             if (++s->in_frame < L->cpf) {               /* mid-frame: feed the code, sample the next */
-                g->tok[nb] = L->code_offset + c; g->seq[nb] = s->slot; g->rows[nr++] = nb; nb++;
+                feed(g, s, fed, 1, &nb, &nr);
                 active++;
                 continue;
             }
@@ -113,8 +158,7 @@ static int run_group(gctx *g, gseq *S, int n) {
             s->in_frame = 0;
             if (s->n_done == s->target) { s->done = 1; continue; }
             if (s->ctx_frames + 1 >= g->window) { s->rebuild = 1; continue; }
-            g->tok[nb] = L->code_offset + c; g->seq[nb] = s->slot; nb++;
-            g->tok[nb] = L->frame; g->seq[nb] = s->slot; g->rows[nr++] = nb; nb++;
+            feed(g, s, fed, 2, &nb, &nr);
             s->ctx_frames++;
             active++;
         }
@@ -122,12 +166,10 @@ static int run_group(gctx *g, gseq *S, int n) {
             ds4_batch b = {.n = nb, .tokens = g->tok, .seq = g->seq};
             if (ds4_forward(g->w->m, &b, g->kv, g->rows, nr, g->logits) != 0) return -1;
             g->st->decode_tokens += nb;
-            int r = 0;
             for (int i = 0; i < n; i++) {
                 gseq *s = &S[i];
                 if (s->done || s->rebuild || s->pending >= 0) continue;
-                if (sample_code(g, s, g->logits + (size_t)r * g->V) != 0) return -1;
-                r++;
+                if (sample_code(g, s) != 0) return -1;
             }
         }
         int waiting = 0;
@@ -154,6 +196,13 @@ int ds4_wm_generate(const ds4_wm *w, ds4_wm_request *req, int n, const ds4_wm_ge
     gctx g = {.w = w, .L = L, .st = st, .V = w->m->cfg.vocab_size};
     g.window = p->window > 0 ? p->window : w->s.window;
     g.keep = p->keep > 0 ? p->keep : w->s.keep;
+    g.cfg = p->cfg_scale;
+    g.uprefix[0] = L->bos;
+    g.uprefix[1] = L->video;
+    if (!(g.cfg >= 0 && g.cfg <= 100)) {
+        ds4_set_error("video generation: guidance scale %g outside [0, 100]", (double)g.cfg);
+        return -1;
+    }
     if (g.window < 2 || g.keep < 1 || g.keep >= g.window) {
         ds4_set_error("video generation: need window >= 2 and 1 <= keep < window (got %d, %d)", g.window, g.keep);
         return -1;
@@ -184,6 +233,7 @@ int ds4_wm_generate(const ds4_wm *w, ds4_wm_request *req, int n, const ds4_wm_ge
         if (nc) memcpy(s->prefix + 1, cap, nc * sizeof *cap);
         s->prefix[nc + 1] = L->video;
         s->n_prefix = (int)nc + 2;
+        s->uslot = nc > 0 && g.cfg != 1.0f ? 1 : -1;   /* marks a guided request; slot set per group */
         free(cap);
         if (s->n_prefix > max_prefix) max_prefix = s->n_prefix;
         if (r->n_given && r->out != r->given) memmove(r->out, r->given, (size_t)r->n_given * L->cpf * sizeof *r->out);
@@ -206,16 +256,22 @@ int ds4_wm_generate(const ds4_wm *w, ds4_wm_request *req, int n, const ds4_wm_ge
                       w->m->cfg.max_position_embeddings);
         goto out;
     }
-    g.cap = 2 * batch + 2;
+    int guided = 0;
+    for (int i = 0; i < n; i++) guided |= S[i].uslot >= 0;
+    g.cap = 4 * batch + 4;
     g.tok = ds4_malloc((size_t)g.cap * sizeof *g.tok);
     g.seq = ds4_malloc((size_t)g.cap * sizeof *g.seq);
     g.rows = ds4_malloc((size_t)g.cap * sizeof *g.rows);
-    g.logits = ds4_malloc((size_t)batch * g.V * sizeof *g.logits);
-    g.kv = ds4_kv_cache_create(&w->m->cfg, batch, capacity);
-    if (!g.tok || !g.seq || !g.rows || !g.logits || !g.kv) goto out;
+    g.logits = ds4_malloc((size_t)2 * batch * g.V * sizeof *g.logits);
+    g.mix = ds4_malloc((size_t)L->n_codes * sizeof *g.mix);
+    g.kv = ds4_kv_cache_create(&w->m->cfg, guided ? 2 * batch : batch, capacity);
+    if (!g.tok || !g.seq || !g.rows || !g.logits || !g.mix || !g.kv) goto out;
     for (int i0 = 0; i0 < n; i0 += batch) {
         const int nb = DS4_MIN(batch, n - i0);
-        for (int i = 0; i < nb; i++) S[i0 + i].slot = i;
+        for (int i = 0; i < nb; i++) {
+            S[i0 + i].slot = i;
+            if (S[i0 + i].uslot >= 0) S[i0 + i].uslot = batch + i;
+        }
         if (run_group(&g, S + i0, nb) != 0) goto out;
     }
     rc = 0;
@@ -225,7 +281,7 @@ out:
         ds4_sampler_free(&S[i].smp);
     }
     free(S);
-    free(g.tok); free(g.seq); free(g.rows); free(g.logits);
+    free(g.tok); free(g.seq); free(g.rows); free(g.logits); free(g.mix);
     if (g.kv) ds4_kv_cache_free(g.kv);
     st->seconds = ds4_time_s() - t0;
     return rc;

@@ -147,11 +147,16 @@ void ds4_wm_train_opts_defaults(ds4_wm_train_opts *o);
 int  ds4_wm_train(const ds4_wm_train_opts *o);
 
 /* ---- generation (gen.c) --------------------------------------------------- */
+/* Guidance scale of captioned requests by default (1: off). */
+#define DS4_WM_CFG_DEFAULT 1.0f
+
 typedef struct ds4_wm_gen_params {
     ds4_sampler_params sampler;   /* over the video codes only */
     int window;                   /* 0: settings.window */
     int keep;                     /* 0: settings.keep */
     int batch;                    /* sequences per forward call (0: all) */
+    float cfg_scale;              /* classifier-free guidance of captioned requests: code logits
+                                   * u + s·(c − u) from the caption-free twin u (1: off, the default) */
 } ds4_wm_gen_params;
 
 void ds4_wm_gen_params_default(ds4_wm_gen_params *p);
