@@ -228,13 +228,15 @@ out:
     return rc;
 }
 
-/* adapter files, then the optimizer, then the run state (its presence marks a complete save) */
+/* the optimizer (it carries the step), then the adapter files, then the run state (its
+ * presence marks a complete save): a save interrupted after the optimizer leaves the run
+ * state behind the optimizer's step, which resuming refuses */
 static int ft_checkpoint(ds4_lora_ft *f, const ds4_lora *l, const ds4_adamw *opt, const ds4_finetune_opts *o,
                          long step, const ds4_rng *rng) {
     char path[4200];
-    if (ds4_lora_save(l, o->out_dir) != 0) return -1;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", o->out_dir);
     if (ds4_lora_ft_adamw_save(f, opt, path, step) != 0) return -1;
+    if (ds4_lora_save(l, o->out_dir) != 0) return -1;
     return ft_state_save(o->out_dir, o, step, rng);
 }
 

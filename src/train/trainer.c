@@ -96,10 +96,12 @@ static int copy_file(const char *src, const char *dst) {
 
 static int save_checkpoint(const char *dir, const ds4_model *m, const ds4_adamw *opt,
                            const run_state *rs, const ds4_train_opts *o) {
+    /* the optimizer (it carries the step) first: a save interrupted anywhere after it leaves
+     * the run state one checkpoint behind the optimizer, which resuming refuses */
     char path[4096];
-    if (ds4_model_save(m, dir) != 0) return -1;
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
     if (ds4_adamw_save(path, m, opt, rs->step) != 0) return -1;
+    if (ds4_model_save(m, dir) != 0) return -1;
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);   /* last: marks the save complete */
     return save_state(path, rs, o);
 }
