@@ -19,5 +19,11 @@ if [ -f "$MODEL/video.safetensors" ]; then
     [ -s "$T/v.gif" ] || fail "video wrote no GIF"
     [ -s "$T/v.json" ] || fail "video wrote no trajectories"
     head -c 6 "$T/v.gif" | grep -q "GIF89a\|GIF87a" || fail "not a GIF"
+    "$DS4" video --model "$MODEL" --prompt "a small red ball drops" --seconds 0.5 --seed 1 --cfg 3 \
+        --out "$T/g.gif" > "$T/log" 2>&1 || fail "video --cfg 3: $(cat "$T/log")"
+    [ -s "$T/g.gif" ] || fail "video --cfg 3 wrote no GIF"
+    "$DS4" video --model "$MODEL" --prompt "a ball" --seconds 0.5 --cfg -1 --out "$T/x.gif" > "$T/log" 2>&1 \
+        && fail "video --cfg -1 accepted"
+    grep -q "guidance" "$T/log" || fail "video --cfg -1: no error naming the guidance scale: $(cat "$T/log")"
 fi
 echo "test_default_model.sh: ok"
