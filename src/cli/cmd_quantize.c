@@ -19,15 +19,6 @@ static void usage(void) {
            "ds4 generate, eval, serve, logits and info run the result like any model.\n");
 }
 
-static int copy_file(const char *from, const char *to) {
-    char *d;
-    size_t n;
-    if (ds4_read_file(from, &d, &n)) return -1;
-    int rc = ds4_write_file_atomic(to, d, n);
-    free(d);
-    return rc;
-}
-
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *type = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
@@ -52,7 +43,7 @@ int cmd_quantize(int argc, char **argv) {
     snprintf(src, sizeof src, "%s/tokenizer.json", model);
     snprintf(dst, sizeof dst, "%s/tokenizer.json", out);
     int have_tok = ds4_file_exists(src);
-    if (have_tok && copy_file(src, dst)) { ds4_model_free(m); return cli_fail("quantize"); }
+    if (have_tok && ds4_copy_file(src, dst)) { ds4_model_free(m); return cli_fail("quantize"); }
     int counts[DS4_Q_COUNT] = {0};
     for (int i = 0; i < m->layout.n_tensors; i++) counts[m->quant->t[i].type]++;
     printf("quantized %s -> %s (%s): tensors q8_0 %d, q4_0 %d, q4_k %d, f32 %d (norms included)\n", model, out,

@@ -43,6 +43,7 @@ static void train_help(void) {
            "  --eval-every N      validation interval (%ld)\n"
            "  --save-every N      checkpoint interval (%ld)\n"
            "  --time-limit S      stop with a checkpoint after S seconds (off)\n"
+           "  --stop-after N      stop with a checkpoint after N steps of this run (off)\n"
            "  --f16               save the final model.safetensors as F16 and drop optimizer state\n"
            "  --resume            continue from OUT\n"
            "  --quiet             no live progress line\n",
@@ -85,6 +86,7 @@ static int video_train(int argc, char **argv) {
         else if (!strcmp(a, "--lr")) { if (cli_float(cmd, a, v, &x)) return 2; o.lr = (float)x; }
         else if (!strcmp(a, "--wd")) { if (cli_float(cmd, a, v, &x)) return 2; o.weight_decay = (float)x; }
         else if (!strcmp(a, "--time-limit")) { if (cli_float(cmd, a, v, &x)) return 2; o.time_limit_s = x; }
+        else if (!strcmp(a, "--stop-after")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.stop_after = n; }
         else return cli_unknown(cmd, a);
     }
     if (!o.out_dir || !o.data_dir || !o.vtok_dir || !o.tokenizer_path || (!o.resume && !o.config_path)) {

@@ -85,15 +85,6 @@ out:
     return rc;
 }
 
-static int copy_file(const char *src, const char *dst) {
-    char *data;
-    size_t len;
-    if (ds4_read_file(src, &data, &len) != 0) return -1;
-    int rc = ds4_write_file_atomic(dst, data, len);
-    free(data);
-    return rc;
-}
-
 static int save_checkpoint(const char *dir, const ds4_model *m, const ds4_adamw *opt,
                            const run_state *rs, const ds4_train_opts *o) {
     /* the optimizer (it carries the step) first: a save interrupted anywhere after it leaves
@@ -185,7 +176,7 @@ int ds4_train_run(const ds4_train_opts *o_in) {
     if (ds4_mkdir_p(o.out_dir) != 0) goto out;
     if (!o.resume && o.tokenizer_path) {
         snprintf(path, sizeof path, "%s/tokenizer.json", o.out_dir);
-        if (copy_file(o.tokenizer_path, path) != 0) goto out;
+        if (ds4_copy_file(o.tokenizer_path, path) != 0) goto out;
     }
     if (ds4_adamw_init(&opt, m) != 0) goto out;
     opt.beta1 = o.beta1; opt.beta2 = o.beta2; opt.eps = o.eps; opt.weight_decay = o.weight_decay;

@@ -24,6 +24,7 @@ void ds4_error_prefix(const char *fmt, ...) {
     va_end(ap);
     memcpy(old, g_err, sizeof old);
     size_t np = strlen(pre);
+    while (np > 0 && (pre[np - 1] == ' ' || pre[np - 1] == ':')) np--;   /* callers may end with ": " */
     memcpy(g_err, pre, np);
     memcpy(g_err + np, ": ", 2);
     const char *o = old[0] ? old : "unknown error";

@@ -135,6 +135,15 @@ int ds4_write_file_atomic(const char *path, const void *data, size_t len) {
     return ds4_atomic_commit(&af);
 }
 
+int ds4_copy_file(const char *src, const char *dst) {
+    char *data;
+    size_t len;
+    if (ds4_read_file(src, &data, &len) != 0) return -1;
+    int rc = ds4_write_file_atomic(dst, data, len);
+    free(data);
+    return rc;
+}
+
 int ds4_mkdir_p(const char *path) {
     char buf[4096];
     if (strlen(path) >= sizeof buf) { ds4_set_error("%s: path too long", path); return -1; }

@@ -20,6 +20,8 @@ int ds4_read_file(const char *path, char **data, size_t *len);
  * A target that exists and is not a regular file (/dev/null, /dev/stdout, a
  * FIFO) is written in place: renaming over it would replace the device. */
 int ds4_write_file_atomic(const char *path, const void *data, size_t len);
+/* Copies a file whole (read, then an atomic write). */
+int ds4_copy_file(const char *src, const char *dst);
 /* Streaming atomic writer for big files. */
 typedef struct ds4_atomic_file {
     FILE *f;

@@ -4,13 +4,11 @@
  * validation (nats per video code, nats per text token), JSONL log and
  * checkpoints that resume. */
 #include <cjson/cJSON.h>
-#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include "io/safetensors.h"
 #include "train/train.h"
 #include "util/util.h"
 #include "world/world.h"
@@ -46,31 +44,22 @@ typedef struct wm_state {
 
 /* ---- checkpoint ------------------------------------------------------------ */
 
-static int copy_file(const char *src, const char *dst) {
-    char *data;
-    size_t len;
-    if (ds4_read_file(src, &data, &len) != 0) return -1;
-    int rc = ds4_write_file_atomic(dst, data, len);
-    free(data);
-    return rc;
+/* The optimizer (AdamW moments, the step in its metadata) first, the weights and
+ * side files next (save_all), trainer_state.json last: an interrupted save leaves
+ * the state one checkpoint behind the optimizer, which resuming refuses. */
+static int save_optimizer(const char *dir, const ds4_model *m, const ds4_adamw *opt, const wm_state *st) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    return ds4_adamw_save(path, m, opt, st->step);
 }
 
-static int save_state(const char *dir, const ds4_model *m, const ds4_adamw *opt, const wm_state *st) {
-    char path[4096], meta[160];
-    ds4_st_entry e[2] = {
-        {.name = "exp_avg", .dtype = DS4_DT_F32, .ndim = 1, .shape = {(int64_t)m->layout.n_floats}, .data = opt->m},
-        {.name = "exp_avg_sq", .dtype = DS4_DT_F32, .ndim = 1, .shape = {(int64_t)m->layout.n_floats}, .data = opt->v},
-    };
-    snprintf(meta, sizeof meta, "{\"step\":\"%ld\",\"adam_t\":\"%ld\"}", st->step, opt->t);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (ds4_st_write(path, e, 2, meta) != 0) return -1;
-    char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "{\"step\": %ld, \"adam_t\": %ld, \"rng\": [\"%" PRIu64 "\", \"%" PRIu64 "\", \"%" PRIu64
-                     "\", \"%" PRIu64 "\"]}\n",
-                     st->step, opt->t, st->rng.s[0], st->rng.s[1], st->rng.s[2], st->rng.s[3]);
-    snprintf(path, sizeof path, "%s/trainer_state.json", dir);   /* last: marks the save complete */
-    return ds4_write_file_atomic(path, buf, (size_t)n);
+static int save_state(const char *dir, const wm_state *st) {
+    char path[4096];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", (double)st->step);
+    ds4_json_add_rng(j, "rng", &st->rng);
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    return ds4_json_write_atomic(path, j);
 }
 
 static int load_state(const char *dir, const ds4_model *m, ds4_adamw *opt, wm_state *st) {
@@ -81,47 +70,29 @@ static int load_state(const char *dir, const ds4_model *m, ds4_adamw *opt, wm_st
     cJSON *j = cJSON_Parse(txt);
     free(txt);
     const cJSON *step = cJSON_GetObjectItemCaseSensitive(j, "step");
-    const cJSON *at = cJSON_GetObjectItemCaseSensitive(j, "adam_t");
-    const cJSON *rng = cJSON_GetObjectItemCaseSensitive(j, "rng");
-    if (!cJSON_IsNumber(step) || !cJSON_IsNumber(at) || !cJSON_IsArray(rng) || cJSON_GetArraySize(rng) != 4) {
-        cJSON_Delete(j);
-        ds4_set_error("%s: needs step, adam_t and rng[4]", path);
-        return -1;
-    }
-    st->step = (long)step->valuedouble;
-    opt->t = (long)at->valuedouble;
-    for (int i = 0; i < 4; i++) {
-        const cJSON *s = cJSON_GetArrayItem(rng, i);
-        st->rng.s[i] = cJSON_IsString(s) ? strtoull(s->valuestring, NULL, 10) : 0;
-    }
-    cJSON_Delete(j);
-    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    ds4_safetensors sf;
-    if (ds4_st_open(&sf, path) != 0) return -1;
-    const ds4_st_tensor *a = ds4_st_find(&sf, "exp_avg"), *b = ds4_st_find(&sf, "exp_avg_sq");
     int rc = -1;
-    if (!a || !b || a->dtype != DS4_DT_F32 || b->dtype != DS4_DT_F32 || a->numel != m->layout.n_floats ||
-        b->numel != m->layout.n_floats) {
-        ds4_set_error("%s: exp_avg / exp_avg_sq missing or not F32 [%zu]", path, m->layout.n_floats);
-    } else {
-        memcpy(opt->m, a->data, a->nbytes);
-        memcpy(opt->v, b->data, b->nbytes);
+    if (!cJSON_IsNumber(step)) ds4_set_error("%s: needs a numeric step", path);
+    else if (ds4_json_get_rng(j, "rng", &st->rng, path) == 0) {
+        st->step = (long)step->valuedouble;
         rc = 0;
     }
-    ds4_st_close(&sf);
-    return rc;
+    cJSON_Delete(j);
+    if (rc != 0) return -1;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
+    return ds4_adamw_load(path, m, opt, st->step);
 }
 
 static int save_all(const ds4_wm_train_opts *o, const ds4_model *m, const ds4_vtok *vt,
                     const ds4_wm_settings *ws, const ds4_adamw *opt, const wm_state *st, int f16) {
     char path[4096];
+    if (opt && save_optimizer(o->out_dir, m, opt, st) != 0) return -1;
     if (f16 ? ds4_wm_save_f16(m, o->out_dir) : ds4_model_save(m, o->out_dir)) return -1;
     snprintf(path, sizeof path, "%s/tokenizer.json", o->out_dir);
-    if (copy_file(o->tokenizer_path, path) != 0) return -1;
+    if (ds4_copy_file(o->tokenizer_path, path) != 0) return -1;
     if (ds4_vtok_save(vt, o->out_dir) != 0) return -1;
     snprintf(path, sizeof path, "%s/worldmodel.json", o->out_dir);
     if (ds4_wm_settings_save(ws, path) != 0) return -1;
-    return opt ? save_state(o->out_dir, m, opt, st) : 0;
+    return opt ? save_state(o->out_dir, st) : 0;
 }
 
 /* ---- validation ------------------------------------------------------------- */
@@ -275,7 +246,8 @@ int ds4_wm_train(const ds4_wm_train_opts *oin) {
         const double now = ds4_time_s();
         const double tps = (double)B * T * (st.step - first) / (now - t0);
         const int last = st.step == o.steps;
-        const int timeout = o.time_limit_s > 0 && now - t0 >= o.time_limit_s;
+        const int timeout = (o.time_limit_s > 0 && now - t0 >= o.time_limit_s) ||
+                            (o.stop_after > 0 && st.step - first >= o.stop_after);
         double vcode = NAN, vtext = NAN;
         if (o.eval_every > 0 && (st.step % o.eval_every == 0 || last || timeout)) {
             double s = 0;
@@ -314,7 +286,8 @@ int ds4_wm_train(const ds4_wm_train_opts *oin) {
         if (last || timeout || (o.save_every > 0 && st.step % o.save_every == 0))
             if (save_all(&o, m, vt, &ws, &opt, &st, 0) != 0) goto out;
         if (timeout && !last) {
-            fprintf(stderr, "world train: time limit of %.0f s reached at step %ld\n", o.time_limit_s, st.step);
+            fprintf(stderr, "world train: stopped with a checkpoint at step %ld of %ld (resume with --resume)\n",
+                    st.step, o.steps);
             break;
         }
     }

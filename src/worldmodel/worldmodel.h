@@ -138,6 +138,7 @@ typedef struct ds4_wm_train_opts {
     int    quiet;
     int    resume;                /* continue from out_dir (model, optimizer, state) */
     double time_limit_s;          /* stop (with a checkpoint) after this many seconds; 0 = off */
+    long   stop_after;            /* stop (with a checkpoint) after this many steps of this run; 0 = off */
 } ds4_wm_train_opts;
 
 void ds4_wm_train_opts_defaults(ds4_wm_train_opts *o);
