@@ -104,6 +104,31 @@ float ds4_q_vec_dot_ref(ds4_qtype t, int n, const void *w, const void *xq);
 /* 1 when the AVX2 kernels are compiled in (ds4_q_vec_dot/matmul use them). */
 int ds4_q_have_simd(void);
 
+/* ---- the 8-row interleaved layout (x8), in memory only ----------------------
+ * Files keep ggml's row layout; in memory a Q8_0 / Q4_0 / Q4_K matrix whose
+ * row count is a multiple of 8 can be regrouped so that one broadcast of 4
+ * activation bytes meets the same 4 weight positions of 8 rows at once (the
+ * 8 rows' dot products then sit in the 8 lanes of one AVX2 register). Same
+ * bytes as the row layout; a group of 8 rows occupies the bytes those rows
+ * did, so row r0 (a multiple of 8) still starts at r0 * row_bytes. Within a
+ * group, block b of the 8 rows is stored as one unit of 8 x block_bytes:
+ *   the 2-byte header fields, field by field, row by row (d[8]; Q4_K: d[8]
+ *   then dmin[8]), then the rest of each block 4 bytes at a time, word by
+ *   word, row by row: word w of row r at 16 * fields + 32 w + 4 r.
+ * So Q4_0's vector v (32 bytes) holds qs[4v .. 4v+3] of every row (elements
+ * 4v.. in the low nibbles, 16+4v.. in the high ones); Q8_0's holds qs[4v ..];
+ * Q4_K's first three words are the 12 scale bytes, then its 32 qs words. */
+/* 1 when t has an x8 form and rows is a positive multiple of 8 and the x8
+ * kernels are compiled in (AVX2); else 0 (callers keep the row layout). */
+int ds4_q_x8_usable(ds4_qtype t, int rows);
+/* src [rows, row_bytes] row layout -> dst x8 layout, or back; src == dst
+ * converts in place. -1 (with an error) when not ds4_q_x8_usable or out of memory. */
+int ds4_q_to_x8(ds4_qtype t, const void *src, void *dst, int rows, int in);
+int ds4_q_from_x8(ds4_qtype t, const void *src, void *dst, int rows, int in);
+/* ds4_q_matmul / ds4_q_matvec_rows on x8 weights (out, rows multiples of 8). */
+int ds4_q_matmul_x8(ds4_qtype t, float *y, const float *x, const void *w8, int n, int in, int out);
+void ds4_q_matvec_rows_x8(ds4_qtype t, float *y, const void *xq, const void *w8, int in, int rows);
+
 /* ---- per-type scalar reference (n a multiple of the block size) ---------- */
 void ds4_quantize_row_q8_0(const float *x, ds4_block_q8_0 *y, int n);
 void ds4_quantize_row_q4_0(const float *x, ds4_block_q4_0 *y, int n);
@@ -133,6 +158,11 @@ void ds4_dot_f32_avx2(int n, const void *w, size_t ws, int nw, const void *x, si
 void ds4_dot_q8_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
+/* x8 kernels: the 8 rows of one group (w8) against nx <= 4 activation rows:
+ * o[r * os + k] = row k . x_r. Equal to the row kernels up to float rounding. */
+void ds4_dot_x8_q8_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_x8_q4_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, float *o, size_t os);
+void ds4_dot_x8_q4_K_avx2(int n, const void *w8, const void *x, size_t xs, int nx, float *o, size_t os);
 /* Byte-identical to the scalar ds4_quantize_row_q8_0 / _q8_K. */
 void ds4_quantize_row_q8_0_avx2(const float *x, ds4_block_q8_0 *y, int n);
 void ds4_quantize_row_q8_K_avx2(const float *x, ds4_block_q8_K *y, int n);
