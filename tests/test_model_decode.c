@@ -78,8 +78,12 @@ static void decode_all(const ds4_model *m, const int *ids, int T, float *out) {
  * rounding (1e-4 of the largest logit) at every token. A quantized model
  * quantizes each activation to int8, so a last-bit difference of the two
  * paths' attention (tiled vs per-head kernels) can flip one rounding and move
- * that token's logits by a quantization step: there at most one token in
- * eight may differ by more, and none by more than 2% of the largest logit. */
+ * that token's logits by a quantization step. How often depends on the
+ * weights: over 16 weight seeds 1 to 12% of tokens on average, row and x8
+ * kernels alike, but single models reach 9 of 24 (the pruned indexer model
+ * below with x8 kernels), each by one step. So at most half of the tokens may
+ * differ by more, and none by more than 2% of the largest logit; a wrong
+ * decode path moves every token, by more. */
 static float check_close(const float *got, const float *want, int T, int V, int quantized) {
     float mx = 0, worst = 0;
     for (int i = 0; i < T * V; i++) mx = fmaxf(mx, fabsf(want[i]));
@@ -94,7 +98,7 @@ static float check_close(const float *got, const float *want, int T, int V, int 
     assert_true(mx > 0.3f);
     if (!quantized) assert_true(worst < tol);
     else {
-        assert_true(flips <= T / 8);
+        assert_true(flips <= T / 2);
         assert_true(worst < 0.02f * fmaxf(1.0f, mx));
     }
     return worst;

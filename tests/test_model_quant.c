@@ -18,6 +18,7 @@
 #include "kernels/kernels.h"
 #include "model/forward.h"
 #include "model/linear.h"
+#include "io/safetensors.h"
 #include "model/quantized.h"
 #include "util/util.h"
 #include "testutil.h"
@@ -93,6 +94,25 @@ static void test_dir_roundtrip(void **s) {
         assert_int_equal(m->quant->t[li].type, qt == DS4_Q_Q8_0 ? DS4_Q_Q8_0 : DS4_Q_Q8_0);
         const char *dir = tmp_path(ds4_q_type_name((ds4_qtype)qt));
         assert_int_equal(ds4_model_save(m, dir), 0);
+        /* in memory the blocks may be in the x8 layout; the file holds ggml's rows:
+         * q_proj's bytes equal quantizing its fp32 rows afresh */
+        {
+            const ds4_tensor_info *t = &m->layout.tensors[qi];
+            const size_t nb = (size_t)t->shape[0] * m->quant->t[qi].row_bytes;
+            void *want = malloc(nb);
+            assert_int_equal(ds4_q_quantize((ds4_qtype)qt, m->params + t->offset, want, (int)t->shape[0],
+                                            (int)t->shape[1]), 0);
+            char path[300];
+            snprintf(path, sizeof path, "%s/model.safetensors", dir);
+            ds4_safetensors st;
+            assert_int_equal(ds4_st_open(&st, path), 0);
+            const ds4_st_tensor *ft = ds4_st_find(&st, t->name);
+            assert_non_null(ft);
+            assert_memory_equal(ft->data, want, nb);
+            assert_int_equal(m->quant->t[qi].x8, ds4_q_x8_usable((ds4_qtype)qt, (int)t->shape[0]));
+            ds4_st_close(&st);
+            free(want);
+        }
         ds4_model *l = ds4_model_load(dir);
         if (!l) fail_msg("%s", ds4_error());
         assert_non_null(l->quant);
@@ -139,7 +159,11 @@ static void test_linear(void **s) {
             ds4_rng_seed(&r, (uint64_t)i);
             for (int k = 0; k < n * in; k++) x[k] = ds4_rng_normal(&r);
             ds4_linear(m, y, x, m->params + t->offset, n, in, out, 0);
-            assert_int_equal(ds4_q_dequantize((ds4_qtype)m->quant->t[i].type, m->quant->t[i].data, wd, out, in), 0);
+            void *tmp;
+            const void *rows = ds4_qtensor_rows(m, i, &tmp);
+            assert_non_null(rows);
+            assert_int_equal(ds4_q_dequantize((ds4_qtype)m->quant->t[i].type, rows, wd, out, in), 0);
+            free(tmp);
             double e1 = 0, e2 = 0, nr = 0;
             for (int a = 0; a < n; a++)
                 for (int o = 0; o < out; o++) {
@@ -202,9 +226,13 @@ static void test_logits_close(void **s) {
             assert_int_equal(ds4_model_quantize(q, (ds4_qtype)qt), 0);
             for (int i = 0; i < q->layout.n_tensors; i++) {
                 const ds4_tensor_info *t = &q->layout.tensors[i];
-                if (q->quant->t[i].type != DS4_Q_F32)
-                    assert_int_equal(ds4_q_dequantize((ds4_qtype)q->quant->t[i].type, q->quant->t[i].data,
-                                                      d->params + t->offset, (int)t->shape[0], (int)t->shape[1]), 0);
+                if (q->quant->t[i].type == DS4_Q_F32) continue;
+                void *tmp;
+                const void *rows = ds4_qtensor_rows(q, i, &tmp);
+                assert_non_null(rows);
+                assert_int_equal(ds4_q_dequantize((ds4_qtype)q->quant->t[i].type, rows, d->params + t->offset,
+                                                  (int)t->shape[0], (int)t->shape[1]), 0);
+                free(tmp);
             }
             assert_int_equal(ds4_model_save(q, tmp_path("lg")), 0);
             ds4_model_free(q);

@@ -525,11 +525,15 @@ ds4_model *ds4_model_fp32_copy(const ds4_model *m) {
         float *dst = c->params + t->offset;
         const ds4_qtensor *q = m->quant ? &m->quant->t[i] : NULL;
         if (q && q->type != DS4_Q_F32) {
-            if (ds4_q_dequantize((ds4_qtype)q->type, q->data, dst, (int)t->shape[0], (int)t->shape[1]) != 0) {
+            void *tmp;
+            const void *rows = ds4_qtensor_rows(m, i, &tmp);
+            if (!rows || ds4_q_dequantize((ds4_qtype)q->type, rows, dst, (int)t->shape[0], (int)t->shape[1]) != 0) {
+                free(tmp);
                 ds4_error_prefix("dequantizing %s: ", t->name);
                 ds4_model_free(c);
                 return NULL;
             }
+            free(tmp);
         } else {
             memcpy(dst, m->params + t->offset, t->numel * sizeof(float));
         }

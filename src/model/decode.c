@@ -39,6 +39,7 @@ typedef struct {            /* per-thread buffers */
 
 typedef struct {            /* one weight matrix, rows split into chunks */
     int type;               /* ds4_qtype */
+    int x8;                 /* blocks in the x8 layout (chunks are whole groups of 8 rows) */
     const void *w;          /* fp32 rows or quantized blocks */
     size_t rb;              /* bytes per row */
     int in, rows, cr, nch;  /* cr rows per chunk, nch chunks */
@@ -156,10 +157,17 @@ int ds4_decode_supported(const ds4_model *m, const ds4_batch *b, const ds4_acts 
 
 /* ---- work plan --------------------------------------------------------------- */
 
+/* rows per chunk of a matrix with rb bytes per row: a multiple of 4 (of 8 for x8) */
+static int chunk_rows(size_t rb, int x8) {
+    const int r = (int)DS4_MAX(x8 ? 8 : 4, CHUNK_BYTES / rb);
+    return DS4_MIN(CHUNK_MAX_ROWS, r & (x8 ? ~7 : ~3));
+}
+
 static void seg_init(dseg *s, const ds4_model *m, const float *w, int in, int rows, float *y, int acc,
                      int head_rows) {
     const void *qd;
-    s->type = ds4_linear_lookup(m, w, in, rows, &qd);
+    int skip;
+    s->type = ds4_linear_lookup(m, w, in, rows, &qd, &s->x8, &skip);   /* whole tensors: skip 0 */
     size_t row0 = 0;
     s->lora = ds4_linear_lora(m, w, in, rows, &row0);
     s->lB = s->lora ? s->lora->B + row0 * (size_t)s->lora->rank : NULL;
@@ -170,12 +178,12 @@ static void seg_init(dseg *s, const ds4_model *m, const float *w, int in, int ro
     s->y = y;
     s->acc = acc;
     s->rope = head_rows > 0;
-    if (head_rows > 0) {                 /* whole heads per chunk */
+    if (head_rows > 0) {                 /* whole heads per chunk (x8: and whole groups) */
         int heads = (int)DS4_MAX(1, CHUNK_BYTES / (s->rb * (size_t)head_rows));
+        while (s->x8 && heads * head_rows % 8) heads++;
         s->cr = heads * head_rows;
     } else {
-        int r = (int)DS4_MAX(4, CHUNK_BYTES / s->rb);
-        s->cr = DS4_MIN(CHUNK_MAX_ROWS, r & ~3);
+        s->cr = chunk_rows(s->rb, s->x8);
     }
     s->nch = (rows + s->cr - 1) / s->cr;
 }
@@ -261,13 +269,15 @@ static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int
         return;
     }
     const void *xq = s->type == DS4_Q_F32 ? NULL : thread_act(t, s->type, x, s->in);
-    if (!s->acc) { ds4_q_matvec_rows((ds4_qtype)s->type, s->y + r0, xq, w, s->in, n); return; }
+    void (*mv)(ds4_qtype, float *, const void *, const void *, int, int) =
+        s->x8 ? ds4_q_matvec_rows_x8 : ds4_q_matvec_rows;
+    if (!s->acc) { mv((ds4_qtype)s->type, s->y + r0, xq, w, s->in, n); return; }
     const float g = s->gain ? *s->gain : 1.0f;
     float tmp[CHUNK_MAX_ROWS];
     for (int o = 0; o < n; o += CHUNK_MAX_ROWS) {
         const int k = DS4_MIN(CHUNK_MAX_ROWS, n - o);
         if (s->type == DS4_Q_F32) ds4_gemv_rows(tmp, x, (const float *)(w + (size_t)o * s->rb), s->in, k, 0);
-        else ds4_q_matvec_rows((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
+        else mv((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
         if (s->gain) for (int i = 0; i < k; i++) s->y[r0 + o + i] += g * tmp[i];
         else for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
     }
@@ -515,7 +525,8 @@ int ds4_decode_step(const ds4_model *m, int token, int seq, ds4_kv_cache *kv, fl
             lm.s[0].type = DS4_Q_Q8_0;
             lm.s[0].w = m->quant->lm_head_q8;
             lm.s[0].rb = m->quant->lm_head_rb;
-            lm.s[0].cr = DS4_MIN(CHUNK_MAX_ROWS, (int)DS4_MAX(4, CHUNK_BYTES / lm.s[0].rb) & ~3);
+            lm.s[0].x8 = m->quant->lm_head_x8;
+            lm.s[0].cr = chunk_rows(lm.s[0].rb, lm.s[0].x8);
             lm.s[0].nch = (V + lm.s[0].cr - 1) / lm.s[0].cr;
         }
         lm.n = 1;

@@ -164,7 +164,8 @@ void ds4_swiglu_ffn(float *y, const float *x, const float *wg, const float *wu, 
 static void lm_head(const ds4_model *m, float *logits, const float *x, int n) {
     const ds4_config *c = &m->cfg;
     if (m->quant && m->quant->lm_head_q8)
-        ds4_q_matmul(DS4_Q_Q8_0, logits, x, m->quant->lm_head_q8, n, c->hidden_size, c->vocab_size);
+        (m->quant->lm_head_x8 ? ds4_q_matmul_x8 : ds4_q_matmul)(DS4_Q_Q8_0, logits, x, m->quant->lm_head_q8, n,
+                                                                 c->hidden_size, c->vocab_size);
     else
         ds4_linear(m, logits, x, m->w.lm_head, n, c->hidden_size, c->vocab_size, 0);
 }

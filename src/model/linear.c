@@ -10,8 +10,9 @@
 #include "model/quantized.h"
 #include "util/util.h"
 
-int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata) {
+int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata, int *x8, int *skip) {
     *qdata = NULL;
+    *x8 = *skip = 0;
     if (!m) m = ds4_quant_owner_of(w);
     if (!m || !m->quant || !m->params) return DS4_Q_F32;
     uintptr_t base = (uintptr_t)m->params, p = (uintptr_t)w;
@@ -30,6 +31,11 @@ int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const
     if (rel % (size_t)in) return DS4_Q_F32;                 /* not a row start */
     size_t row0 = rel / (size_t)in;
     if (row0 + (size_t)out > (size_t)t->shape[0]) return DS4_Q_F32;
+    if (q->x8) {
+        *x8 = 1;
+        *skip = (int)(row0 % 8);
+        row0 -= (size_t)*skip;
+    }
     *qdata = (const char *)q->data + row0 * q->row_bytes;
     return q->type;
 }
@@ -124,24 +130,63 @@ static void lora_add(const ds4_model *m, float *y, const float *x, const float *
 static _Thread_local float *tl_buf;
 static _Thread_local size_t tl_cap;
 
+/* tl_buf with room for need floats, or NULL (out of memory) */
+static float *scratch(size_t need) {
+    if (need > tl_cap) {
+        free(tl_buf);
+        tl_cap = need + need / 2 + 64;
+        tl_buf = malloc(tl_cap * sizeof(float));
+        if (!tl_buf) tl_cap = 0;
+    }
+    return tl_buf;
+}
+
+/* y [n, out] (+)= x @ rows [skip, skip + out) of the x8 groups at w8: whole
+ * groups straight into y, else the covering groups into scratch first. */
+static void linear_x8(ds4_qtype t, float *y, const float *x, const void *w8, int skip, int n, int in, int out,
+                      int acc) {
+    const int cover = (skip + out + 7) / 8 * 8;
+    if (!acc && !skip && cover == out) {
+        ds4_q_matmul_x8(t, y, x, w8, n, in, out);
+        return;
+    }
+    float *buf = scratch((size_t)n * (size_t)cover);
+    if (buf) {
+        ds4_q_matmul_x8(t, buf, x, w8, n, in, cover);
+        for (int r = 0; r < n; r++)
+            for (int o = 0; o < out; o++)
+                y[(size_t)r * out + o] = (acc ? y[(size_t)r * out + o] : 0.0f) + buf[(size_t)r * cover + skip + o];
+        return;
+    }
+    float tmp[256];                       /* out of memory: 256 rows of one input at a time on the stack */
+    const size_t rb = ds4_q_row_bytes(t, in);
+    for (int r = 0; r < n; r++)
+        for (int g0 = 0; g0 < cover; g0 += 256) {
+            const int k = DS4_MIN(256, cover - g0);
+            ds4_q_matmul_x8(t, tmp, x + (size_t)r * in, (const char *)w8 + (size_t)g0 * rb, 1, in, k);
+            for (int i = 0; i < k; i++) {
+                const int o = g0 + i - skip;
+                if (o >= 0 && o < out) y[(size_t)r * out + o] = (acc ? y[(size_t)r * out + o] : 0.0f) + tmp[i];
+            }
+        }
+}
+
 void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out, int acc) {
     const void *qw;
-    int qt = ds4_linear_lookup(m, w, in, out, &qw);
+    int x8, skip;
+    int qt = ds4_linear_lookup(m, w, in, out, &qw, &x8, &skip);
     if (qt == DS4_Q_F32) {
         ds4_matmul(y, x, w, n, in, out, acc);
+    } else if (x8) {
+        linear_x8((ds4_qtype)qt, y, x, qw, skip, n, in, out, acc);
     } else if (!acc) {
         ds4_q_matmul((ds4_qtype)qt, y, x, qw, n, in, out);
     } else {
-        size_t need = (size_t)n * (size_t)out;
-        if (need > tl_cap) {
-            free(tl_buf);
-            tl_cap = need + need / 2 + 64;
-            tl_buf = malloc(tl_cap * sizeof(float));
-            if (!tl_buf) tl_cap = 0;
-        }
-        if (tl_buf) {
-            ds4_q_matmul((ds4_qtype)qt, tl_buf, x, qw, n, in, out);
-            for (size_t i = 0; i < need; i++) y[i] += tl_buf[i];
+        const size_t need = (size_t)n * (size_t)out;
+        float *buf = scratch(need);
+        if (buf) {
+            ds4_q_matmul((ds4_qtype)qt, buf, x, qw, n, in, out);
+            for (size_t i = 0; i < need; i++) y[i] += buf[i];
         } else {                      /* out of memory: chunks on the stack */
             float tmp[256];
             size_t rb = ds4_q_row_bytes((ds4_qtype)qt, in);

@@ -13,9 +13,12 @@
  * this is exactly ds4_matmul. acc: y += instead of y =. */
 void ds4_linear(const ds4_model *m, float *y, const float *x, const float *w, int n, int in, int out, int acc);
 
-/* The quantized copy of w (rows starting at w): its ds4_qtype and the first
- * row's blocks; DS4_Q_F32 / NULL when w is used in fp32. */
-int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata);
+/* The quantized copy of w (out rows starting at w): its ds4_qtype and the
+ * first row's blocks; DS4_Q_F32 / NULL when w is used in fp32. When the
+ * tensor is in the x8 layout, *x8 = 1 (else 0), *qdata is the start of the
+ * group of 8 rows that holds w's row, and *skip the rows of that group before
+ * it (0 when w starts a group). */
+int ds4_linear_lookup(const ds4_model *m, const float *w, int in, int out, const void **qdata, int *x8, int *skip);
 
 /* Attach a LoRA slot to m for inference (NULL: detach without freeing), so
  * that ds4_linear, also when called with m NULL, adds the adapters. The

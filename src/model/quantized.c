@@ -34,6 +34,7 @@ int ds4_model_quantize(ds4_model *m, ds4_qtype want) {
             goto fail;
         }
         q->t[i].data = dst;
+        q->t[i].own = 1;
         off += ((size_t)t->shape[0] * q->t[i].row_bytes + 63) & ~(size_t)63;
     }
     m->quant = q;

@@ -22,8 +22,10 @@
 /* One tensor of the layout: type DS4_Q_F32 means "use the fp32 params". */
 typedef struct ds4_qtensor {
     int type;                /* ds4_qtype */
-    const void *data;        /* [rows, row_bytes] ggml blocks */
+    const void *data;        /* [rows, row_bytes] ggml blocks, in row layout or (x8) x8 layout */
     size_t row_bytes;
+    int x8;                  /* data is in the x8 layout of quant.h (set at registration) */
+    int own;                 /* data is private to the model (may be converted in place) */
 } ds4_qtensor;
 
 struct ds4_qweights {
@@ -42,13 +44,21 @@ struct ds4_qweights {
      * never saved; NULL when the table cannot be quantized. */
     const void *lm_head_q8;
     size_t lm_head_rb;
+    int lm_head_x8;          /* lm_head_q8 is in the x8 layout */
 };
 typedef struct ds4_qweights ds4_qweights;
 
 void ds4_qweights_free(ds4_qweights *q);
+/* The blocks of quantized tensor i in ggml's row layout (what files hold):
+ * its data, or for an x8 tensor a converted copy left in *tmp for the caller
+ * to free (*tmp = NULL otherwise). NULL with an error when out of memory. */
+const void *ds4_qtensor_rows(const ds4_model *m, int i, void **tmp);
 /* Free p with q. */
 int ds4_qweights_keep(ds4_qweights *q, void *p);
-/* Quantized models are registered process-wide (at most 64 at once) so that
+/* Registration also puts every Q8_0 / Q4_0 / Q4_K matrix with a multiple of 8
+ * rows into the x8 layout when its kernels are compiled in: in place when the
+ * blocks are the model's own, else in a copy (a file mapping stays read-only).
+ * Quantized models are registered process-wide (at most 64 at once) so that
  * ds4_linear(NULL, ...) finds the model a weight pointer belongs to: code that
  * sees only a layer (MoE experts, the indexer) needs no model argument.
  * Quantize and the loaders register; ds4_model_free unregisters. */

@@ -229,7 +229,7 @@ int ds4_model_export_gguf(const ds4_model *m, const ds4_tokenizer *tok, const ch
     void **bufs = NULL;
     int n_bufs = 0, rc = -1;
     if (!w) return -1;
-    bufs = ds4_calloc((size_t)m->layout.n_tensors + 1, sizeof *bufs);
+    bufs = ds4_calloc(2 * (size_t)m->layout.n_tensors + 1, sizeof *bufs);   /* <= 2 per tensor */
     cfg = config_text(c, path);
     if (!bufs || !cfg) goto out;
     char k[160];
@@ -289,7 +289,12 @@ int ds4_model_export_gguf(const ds4_model *m, const ds4_tokenizer *tok, const ch
         int64_t rows = t->ndim > 1 ? t->shape[0] : 1;
         int64_t ne[3] = {t->ndim > 1 ? t->shape[1] : t->shape[0], rows, 1};
         int ndim = t->ndim;
-        const void *data = qt == DS4_Q_F32 ? (const void *)(m->params + t->offset) : q->data;
+        const void *data = (const void *)(m->params + t->offset);
+        if (qt != DS4_Q_F32 && ex < 0) {
+            void *tmp;
+            if (!(data = ds4_qtensor_rows(m, i, &tmp))) goto out;
+            if (tmp) bufs[n_bufs++] = tmp;
+        }
         size_t nbytes = (size_t)rows * rb;
         if (ex == 0) {                              /* stack experts 0..E-1: [E, rows, cols] */
             ne[2] = E;
@@ -298,13 +303,16 @@ int ds4_model_export_gguf(const ds4_model *m, const ds4_tokenizer *tok, const ch
             if (!b) goto out;
             bufs[n_bufs++] = b;
             for (int j = 0; j < E; j++) {
-                const void *src = qt == DS4_Q_F32 ? (const void *)(m->params + t->offset + (size_t)j * t->numel)
-                                                  : m->quant->t[i + j].data;
                 if (j > 0 && (!q || m->quant->t[i + j].type != qt) && qt != DS4_Q_F32) {
                     ds4_set_error("GGUF export: experts of %s have mixed types", name);
                     goto out;
                 }
+                void *tmp = NULL;
+                const void *src = qt == DS4_Q_F32 ? (const void *)(m->params + t->offset + (size_t)j * t->numel)
+                                                  : ds4_qtensor_rows(m, i + j, &tmp);
+                if (!src) goto out;
                 memcpy(b + (size_t)j * nbytes, src, nbytes);
+                free(tmp);
             }
             data = b;
             nbytes *= (size_t)E;
@@ -464,6 +472,7 @@ ds4_model *ds4_model_load_gguf(const char *path) {
                 permute_rows(b, src, nh, Dh, rb, 1);
                 if (ds4_qweights_keep(q, b)) { free(b); goto fail; }
                 src = b;
+                q->t[i].own = 1;
             }
             q->t[i].data = src;
             n_quant++;

@@ -51,9 +51,53 @@ static void tied_lm_head_q8(ds4_model *m) {
     q->lm_head_rb = rb;
 }
 
+/* Best effort: a tensor whose copy cannot be allocated stays in row layout
+ * (every kernel reads both). */
+static void to_x8(ds4_model *m) {
+    ds4_qweights *q = m->quant;
+    for (int i = 0; i < m->layout.n_tensors; i++) {
+        ds4_qtensor *qt = &q->t[i];
+        const ds4_tensor_info *t = &m->layout.tensors[i];
+        if (qt->type == DS4_Q_F32 || qt->x8 || t->ndim != 2 || !ds4_q_x8_usable((ds4_qtype)qt->type, (int)t->shape[0]))
+            continue;
+        const int rows = (int)t->shape[0], cols = (int)t->shape[1];
+        if (qt->own) {
+            if (ds4_q_to_x8((ds4_qtype)qt->type, qt->data, (void *)qt->data, rows, cols) == 0) qt->x8 = 1;
+            continue;
+        }
+        void *copy = ds4_alloc_aligned((size_t)rows * qt->row_bytes);
+        if (!copy) continue;
+        if (ds4_q_to_x8((ds4_qtype)qt->type, qt->data, copy, rows, cols) != 0 || ds4_qweights_keep(q, copy) != 0) {
+            free(copy);
+            continue;
+        }
+        qt->data = copy;
+        qt->own = qt->x8 = 1;
+    }
+    if (q->lm_head_q8 && !q->lm_head_x8 && ds4_q_x8_usable(DS4_Q_Q8_0, m->cfg.vocab_size) &&
+        ds4_q_to_x8(DS4_Q_Q8_0, q->lm_head_q8, (void *)q->lm_head_q8, m->cfg.vocab_size, m->cfg.hidden_size) == 0)
+        q->lm_head_x8 = 1;
+}
+
+const void *ds4_qtensor_rows(const ds4_model *m, int i, void **tmp) {
+    const ds4_qtensor *qt = &m->quant->t[i];
+    const ds4_tensor_info *t = &m->layout.tensors[i];
+    *tmp = NULL;
+    if (!qt->x8) return qt->data;
+    void *rows = ds4_malloc((size_t)t->shape[0] * qt->row_bytes);
+    if (!rows) return NULL;
+    if (ds4_q_from_x8((ds4_qtype)qt->type, qt->data, rows, (int)t->shape[0], (int)t->shape[1]) != 0) {
+        free(rows);
+        return NULL;
+    }
+    *tmp = rows;
+    return rows;
+}
+
 int ds4_quant_register(ds4_model *m) {
     m->quant->owner = m;
     tied_lm_head_q8(m);
+    to_x8(m);
     for (int i = 0; i < N_REG; i++) {
         const ds4_model *expect = NULL;
         if (atomic_compare_exchange_strong(&g_reg[i], &expect, m)) {
@@ -168,9 +212,11 @@ int ds4_model_save_quantized(const ds4_model *m, const char *dir) {
     if (ds4_config_save(&m->cfg, path) != 0) return -1;
     int n = m->layout.n_tensors, rc = -1;
     ds4_st_entry *e = ds4_calloc((size_t)n, sizeof *e);
+    void **tmps = ds4_calloc((size_t)n + 1, sizeof *tmps);   /* row-layout copies of x8 tensors */
+    int n_tmp = 0;
     cJSON *meta = cJSON_CreateObject();
     char *meta_s = NULL;
-    if (!e || !meta) goto out;
+    if (!e || !tmps || !meta) goto out;
     cJSON_AddStringToObject(meta, "format", "pt");
     cJSON_AddStringToObject(meta, "producer", "ds4");
     cJSON_AddStringToObject(meta, "ds4.quantized", "1");
@@ -190,7 +236,9 @@ int ds4_model_save_quantized(const ds4_model *m, const char *dir) {
         e[i].ndim = 2;
         e[i].shape[0] = t->shape[0];
         e[i].shape[1] = (int64_t)q->row_bytes;
-        e[i].data = q->data;
+        void *tmp;
+        if (!(e[i].data = ds4_qtensor_rows(m, i, &tmp))) goto out;
+        if (tmp) tmps[n_tmp++] = tmp;
         char key[160], val[160];
         snprintf(key, sizeof key, "ds4.qtype.%s", t->name);
         snprintf(val, sizeof val, "{\"type\":\"%s\",\"ggml_type\":%d,\"shape\":[%lld,%lld]}", QT[q->type].name,
@@ -203,6 +251,8 @@ int ds4_model_save_quantized(const ds4_model *m, const char *dir) {
     rc = ds4_st_write(path, e, n, meta_s);
 out:
     free(e);
+    for (int i = 0; i < n_tmp; i++) free(tmps[i]);
+    free(tmps);
     cJSON_Delete(meta);
     if (meta_s) cJSON_free(meta_s);
     return rc;
