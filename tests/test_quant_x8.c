@@ -90,7 +90,11 @@ static void check(ds4_rng *r, ds4_qtype t, int n, int in, int out) {
         }
         assert_int_equal(ds4_q_matmul_x8(t, y1, x + (size_t)i * in, w8, 1, in, out), 0);
         assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
-        ds4_q_matvec_rows_x8(t, y1, xr, w8, in, out);
+        ds4_q_matvec_rows_x8(t, y1, xr, NULL, w8, in, out);
+        assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
+        int32_t sx[4096 / 32];
+        ds4_q_act_sums_x8(xr, in, sx);
+        ds4_q_matvec_rows_x8(t, y1, xr, t == DS4_Q_Q4_0 ? sx : NULL, w8, in, out);
         assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
     }
     free(w); free(x); free(wq); free(w8); free(xq); free(wd); free(xd); free(y); free(yrow); free(y1);
@@ -159,11 +163,11 @@ static void test_extremes(void **state) {
     assert_int_equal(ds4_q_to_x8(DS4_Q_Q8_0, w8, p8, 8, N), 0);
     assert_int_equal(ds4_q_to_x8(DS4_Q_Q4_0, w4, p4, 8, N), 0);
     assert_int_equal(ds4_q_to_x8(DS4_Q_Q4_K, wk, pk, 8, N), 0);
-    ds4_q_matvec_rows_x8(DS4_Q_Q8_0, o, x8, p8, N, 8);
+    ds4_q_matvec_rows_x8(DS4_Q_Q8_0, o, x8, NULL, p8, N, 8);
     for (int k = 0; k < 8; k++) assert_float_equal(o[k], want8, 1e-6 * fabs(want8));
-    ds4_q_matvec_rows_x8(DS4_Q_Q4_0, o, x8, p4, N, 8);
+    ds4_q_matvec_rows_x8(DS4_Q_Q4_0, o, x8, NULL, p4, N, 8);
     for (int k = 0; k < 8; k++) assert_float_equal(o[k], want4[k % 2], 1e-6 * fabs(want4[k % 2]));
-    ds4_q_matvec_rows_x8(DS4_Q_Q4_K, o, xk, pk, N, 8);
+    ds4_q_matvec_rows_x8(DS4_Q_Q4_K, o, xk, NULL, pk, N, 8);
     for (int k = 0; k < 8; k++) assert_float_equal(o[k], wantk, 1e-6 * fabs(wantk));
 }
 

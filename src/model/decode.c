@@ -30,7 +30,8 @@
 typedef struct {            /* per-thread buffers */
     float *xn;              /* [D] this thread's copy of the normed residual */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
-    int have8, haveK, haveN;
+    int32_t *sx8;           /* [max_in / 32] xq8's block sums for the Q4_0 x8 kernel */
+    int have8, haveK, haveN, haveS;
     const ds4_lora_tensor *lkey[3];   /* adapters whose scale * A x this phase holds */
     float *lax;             /* [3][DS4_LORA_MAX_RANK] those vectors */
     int nl;
@@ -98,7 +99,7 @@ static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(d
 void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (!s) return;
     if (s->t)
-        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].lax); }
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].sx8); free(s->t[i].lax); }
     free(s->t);
     free(s->plan); free(s->ph); free(s->sync); free(s->gate); free(s->skip);
     free(s->iq); free(s->ik); free(s->ikraw); free(s->iw); free(s->sel);
@@ -141,6 +142,7 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
         if (!(s->t[i].lax = ds4_alloc_aligned(sizeof(float) * 3 * DS4_LORA_MAX_RANK))) goto fail;
         if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
         if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
+        if (!(s->t[i].sx8 = ds4_alloc_aligned(sizeof(int32_t) * (size_t)(max_in / 32 + 1)))) goto fail;
     }
     if (c->n_routed_experts > 0 && c->first_k_dense_replace < c->num_hidden_layers)
         if (!(s->moe = ds4_acts_create(c, 1, 1, 0))) goto fail;
@@ -260,6 +262,12 @@ static const void *thread_act(dthread *t, int type, const float *x, int in) {
     return t->xq8;
 }
 
+/* y[n] = n quantized rows of s at w . xq, in s's layout */
+static void mv_rows(const dseg *s, float *y, const void *xq, const int32_t *sx, const char *w, int n) {
+    if (s->x8) ds4_q_matvec_rows_x8((ds4_qtype)s->type, y, xq, sx, w, s->in, n);
+    else ds4_q_matvec_rows((ds4_qtype)s->type, y, xq, w, s->in, n);
+}
+
 /* base weights of rows r0..r1 of s (fp32 or quantized) */
 static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int r1) {
     const int n = r1 - r0;
@@ -269,15 +277,18 @@ static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int
         return;
     }
     const void *xq = s->type == DS4_Q_F32 ? NULL : thread_act(t, s->type, x, s->in);
-    void (*mv)(ds4_qtype, float *, const void *, const void *, int, int) =
-        s->x8 ? ds4_q_matvec_rows_x8 : ds4_q_matvec_rows;
-    if (!s->acc) { mv((ds4_qtype)s->type, s->y + r0, xq, w, s->in, n); return; }
+    const int32_t *sx = NULL;
+    if (s->x8 && s->type == DS4_Q_Q4_0) {          /* block sums of xq, once per input */
+        if (!t->haveS) { ds4_q_act_sums_x8(xq, s->in, t->sx8); t->haveS = 1; }
+        sx = t->sx8;
+    }
+    if (!s->acc) { mv_rows(s, s->y + r0, xq, sx, w, n); return; }
     const float g = s->gain ? *s->gain : 1.0f;
     float tmp[CHUNK_MAX_ROWS];
     for (int o = 0; o < n; o += CHUNK_MAX_ROWS) {
         const int k = DS4_MIN(CHUNK_MAX_ROWS, n - o);
         if (s->type == DS4_Q_F32) ds4_gemv_rows(tmp, x, (const float *)(w + (size_t)o * s->rb), s->in, k, 0);
-        else mv((ds4_qtype)s->type, tmp, xq, w + (size_t)o * s->rb, s->in, k);
+        else mv_rows(s, tmp, xq, sx, w + (size_t)o * s->rb, k);
         if (s->gain) for (int i = 0; i < k; i++) s->y[r0 + o + i] += g * tmp[i];
         else for (int i = 0; i < k; i++) s->y[r0 + o + i] += tmp[i];
     }
@@ -403,7 +414,7 @@ static void run_phases(const dctx *X, const dphase *ph, dsync *sy, int n_ph, ds4
     for (int p = 0; p < n_ph; p++) {
         const dphase *P = &ph[p];
         dsync *ln = sy + (size_t)p * nth;
-        t->have8 = t->haveK = t->haveN = t->nl = 0;
+        t->have8 = t->haveK = t->haveN = t->haveS = t->nl = 0;
         if (P->skip && *P->skip) continue;        /* dropped token: no chunk is claimed, none awaited */
         for (int k = 0; k < nth; k++) {           /* own lane first, then the others' */
             dsync *L = &ln[(me + k) % nth];
