@@ -92,8 +92,8 @@ static void check(ds4_rng *r, ds4_qtype t, int n, int in, int out) {
         assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
         ds4_q_matvec_rows_x8(t, y1, xr, NULL, w8, in, out);
         assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
-        int32_t sx[4096 / 32];
-        ds4_q_act_sums_x8(xr, in, sx);
+        int32_t sx[2 * 4096 / 32];
+        ds4_q_act_aux_x8(xr, in, sx);
         ds4_q_matvec_rows_x8(t, y1, xr, t == DS4_Q_Q4_0 ? sx : NULL, w8, in, out);
         assert_memory_equal(y1, y + (size_t)i * out, sizeof(float) * out);
     }

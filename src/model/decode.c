@@ -30,7 +30,7 @@
 typedef struct {            /* per-thread buffers */
     float *xn;              /* [D] this thread's copy of the normed residual */
     void *xq8, *xqk;        /* the current input as Q8_0 / Q8_K activations */
-    int32_t *sx8;           /* [max_in / 32] xq8's block sums for the Q4_0 x8 kernel */
+    int32_t *aux8;          /* [2 max_in / 32] xq8's per-block terms for the Q4_0 x8 kernel */
     int have8, haveK, haveN, haveS;
     const ds4_lora_tensor *lkey[3];   /* adapters whose scale * A x this phase holds */
     float *lax;             /* [3][DS4_LORA_MAX_RANK] those vectors */
@@ -99,7 +99,7 @@ static size_t act_bytesk(int in) { return (size_t)(in / DS4_QK_K + 1) * sizeof(d
 void ds4_decode_scratch_free(ds4_decode_scratch *s) {
     if (!s) return;
     if (s->t)
-        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].sx8); free(s->t[i].lax); }
+        for (int i = 0; i < s->nth; i++) { free(s->t[i].xn); free(s->t[i].xq8); free(s->t[i].xqk); free(s->t[i].aux8); free(s->t[i].lax); }
     free(s->t);
     free(s->plan); free(s->ph); free(s->sync); free(s->gate); free(s->skip);
     free(s->iq); free(s->ik); free(s->ikraw); free(s->iw); free(s->sel);
@@ -142,7 +142,7 @@ static ds4_decode_scratch *scratch_create(const ds4_config *c, int nth) {
         if (!(s->t[i].lax = ds4_alloc_aligned(sizeof(float) * 3 * DS4_LORA_MAX_RANK))) goto fail;
         if (!(s->t[i].xq8 = ds4_alloc_aligned(act_bytes8(max_in)))) goto fail;
         if (!(s->t[i].xqk = ds4_alloc_aligned(act_bytesk(max_in)))) goto fail;
-        if (!(s->t[i].sx8 = ds4_alloc_aligned(sizeof(int32_t) * (size_t)(max_in / 32 + 1)))) goto fail;
+        if (!(s->t[i].aux8 = ds4_alloc_aligned(sizeof(int32_t) * 2 * (size_t)(max_in / 32 + 1)))) goto fail;
     }
     if (c->n_routed_experts > 0 && c->first_k_dense_replace < c->num_hidden_layers)
         if (!(s->moe = ds4_acts_create(c, 1, 1, 0))) goto fail;
@@ -278,9 +278,9 @@ static void seg_base_rows(const dseg *s, dthread *t, const float *x, int r0, int
     }
     const void *xq = s->type == DS4_Q_F32 ? NULL : thread_act(t, s->type, x, s->in);
     const int32_t *sx = NULL;
-    if (s->x8 && s->type == DS4_Q_Q4_0) {          /* block sums of xq, once per input */
-        if (!t->haveS) { ds4_q_act_sums_x8(xq, s->in, t->sx8); t->haveS = 1; }
-        sx = t->sx8;
+    if (s->x8 && s->type == DS4_Q_Q4_0) {          /* per-block terms of xq, once per input */
+        if (!t->haveS) { ds4_q_act_aux_x8(xq, s->in, t->aux8); t->haveS = 1; }
+        sx = t->aux8;
     }
     if (!s->acc) { mv_rows(s, s->y + r0, xq, sx, w, n); return; }
     const float g = s->gain ? *s->gain : 1.0f;

@@ -126,13 +126,14 @@ int ds4_q_x8_usable(ds4_qtype t, int rows);
 int ds4_q_to_x8(ds4_qtype t, const void *src, void *dst, int rows, int in);
 int ds4_q_from_x8(ds4_qtype t, const void *src, void *dst, int rows, int in);
 /* ds4_q_matmul / ds4_q_matvec_rows on x8 weights (out, rows multiples of 8).
- * The matvec takes Q4_0's activation block sums from ds4_q_act_sums_x8 (a
- * caller that reuses xq for several matrices computes them once), or NULL. */
+ * The matvec takes Q4_0's per-block activation terms from ds4_q_act_aux_x8
+ * (a caller that reuses xq for several matrices computes them once), or NULL. */
 int ds4_q_matmul_x8(ds4_qtype t, float *y, const float *x, const void *w8, int n, int in, int out);
-void ds4_q_matvec_rows_x8(ds4_qtype t, float *y, const void *xq, const int32_t *sx8, const void *w8, int in, int rows);
-/* sx8 [in / 32] = 8 x the sum of each block of one Q8_0 activation row (what
- * the Q4_0 x8 kernel subtracts for the -8 offset of its nibbles). */
-void ds4_q_act_sums_x8(const void *xq, int in, int32_t *sx8);
+void ds4_q_matvec_rows_x8(ds4_qtype t, float *y, const void *xq, const int32_t *aux, const void *w8, int in, int rows);
+/* aux [2 * in / 32] for one Q8_0 activation row: per block 8 x its sum (what
+ * the Q4_0 x8 kernel subtracts for the -8 offset of its nibbles) and its
+ * scale as float bits. */
+void ds4_q_act_aux_x8(const void *xq, int in, int32_t *aux);
 
 /* ---- per-type scalar reference (n a multiple of the block size) ---------- */
 void ds4_quantize_row_q8_0(const float *x, ds4_block_q8_0 *y, int n);
@@ -165,12 +166,11 @@ void ds4_dot_q4_0_avx2(int n, const void *w, size_t ws, int nw, const void *x, s
 void ds4_dot_q4_K_avx2(int n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *o, size_t os);
 /* x8 kernels: the 8 rows of one group (w8) against nx <= 4 activation rows:
  * o[r * os + k] = row k . x_r. Equal to the row kernels up to float rounding.
- * Q4_0 reads sx8 [nx][n / 32] = 8 x the sum of each activation block
- * (ds4_x8_act_sums_avx2); the others take NULL. */
-void ds4_dot_x8_q8_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o, size_t os);
-void ds4_dot_x8_q4_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o, size_t os);
-void ds4_dot_x8_q4_K_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o, size_t os);
-void ds4_x8_act_sums_avx2(int n, const void *x, size_t xs, int nx, int32_t *sx8);
+ * Q4_0 reads aux [nx][2 * n / 32] (ds4_x8_act_aux_avx2); the others take NULL. */
+void ds4_dot_x8_q8_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o, size_t os);
+void ds4_dot_x8_q4_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o, size_t os);
+void ds4_dot_x8_q4_K_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o, size_t os);
+void ds4_x8_act_aux_avx2(int n, const void *x, size_t xs, int nx, int32_t *aux);
 /* Byte-identical to the scalar ds4_quantize_row_q8_0 / _q8_K. */
 void ds4_quantize_row_q8_0_avx2(const float *x, ds4_block_q8_0 *y, int n);
 void ds4_quantize_row_q8_K_avx2(const float *x, ds4_block_q8_K *y, int n);

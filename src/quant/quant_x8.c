@@ -71,56 +71,56 @@ int ds4_q_to_x8(ds4_qtype t, const void *src, void *dst, int rows, int in) { ret
 int ds4_q_from_x8(ds4_qtype t, const void *src, void *dst, int rows, int in) { return convert(t, src, dst, rows, in, 0); }
 
 #ifdef __AVX2__
-typedef void (*x8_fn)(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o, size_t os);
+typedef void (*x8_fn)(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o, size_t os);
 
 static x8_fn x8_kernel(ds4_qtype t) {
     return t == DS4_Q_Q8_0 ? ds4_dot_x8_q8_0_avx2 : t == DS4_Q_Q4_0 ? ds4_dot_x8_q4_0_avx2 : ds4_dot_x8_q4_K_avx2;
 }
 
-/* Q4_0's activation block sums for rows xq [nx, xb]: a per-thread buffer,
+/* Q4_0's per-block activation terms for rows xq [nx, xb]: a per-thread buffer,
  * grown as needed; NULL for the other types, and when out of memory. */
-static _Thread_local int32_t *tl_sx;
-static _Thread_local size_t tl_sx_cap;
+static _Thread_local int32_t *tl_aux;
+static _Thread_local size_t tl_aux_cap;
 
-static const int32_t *act_sums(ds4_qtype t, const void *xq, size_t xb, int nx, int in, int *oom) {
+static const int32_t *act_aux(ds4_qtype t, const void *xq, size_t xb, int nx, int in, int *oom) {
     *oom = 0;
     if (t != DS4_Q_Q4_0) return NULL;
-    const size_t need = (size_t)nx * (size_t)(in / DS4_QK8_0);
-    if (need > tl_sx_cap) {
-        free(tl_sx);
-        tl_sx_cap = need + need / 2 + 64;
-        if (!(tl_sx = malloc(tl_sx_cap * sizeof *tl_sx))) {
-            tl_sx_cap = 0;
+    const size_t need = 2 * (size_t)nx * (size_t)(in / DS4_QK8_0);
+    if (need > tl_aux_cap) {
+        free(tl_aux);
+        tl_aux_cap = need + need / 2 + 64;
+        if (!(tl_aux = malloc(tl_aux_cap * sizeof *tl_aux))) {
+            tl_aux_cap = 0;
             *oom = 1;
             return NULL;
         }
     }
-    ds4_x8_act_sums_avx2(in, xq, xb, nx, tl_sx);
-    return tl_sx;
+    ds4_x8_act_aux_avx2(in, xq, xb, nx, tl_aux);
+    return tl_aux;
 }
 #endif
 
-void ds4_q_act_sums_x8(const void *xq, int in, int32_t *sx8) {
+void ds4_q_act_aux_x8(const void *xq, int in, int32_t *aux) {
 #ifdef __AVX2__
-    ds4_x8_act_sums_avx2(in, xq, 0, 1, sx8);
+    ds4_x8_act_aux_avx2(in, xq, 0, 1, aux);
 #else
-    (void)xq; (void)in; (void)sx8;
+    (void)xq; (void)in; (void)aux;
 #endif
 }
 
-void ds4_q_matvec_rows_x8(ds4_qtype t, float *y, const void *xq, const int32_t *sx8, const void *w8, int in, int rows) {
+void ds4_q_matvec_rows_x8(ds4_qtype t, float *y, const void *xq, const int32_t *aux, const void *w8, int in, int rows) {
 #ifdef __AVX2__
     const x8_fn dot = x8_kernel(t);
     const size_t gb = 8 * ds4_q_row_bytes(t, in);
     int oom = 0;
-    const int32_t *sx = sx8 || t != DS4_Q_Q4_0 ? sx8 : act_sums(t, xq, 0, 1, in, &oom);
+    const int32_t *sx = aux || t != DS4_Q_Q4_0 ? aux : act_aux(t, xq, 0, 1, in, &oom);
     if (oom) {                      /* no checks here: a failure shows as NaN outputs */
         for (int i = 0; i < rows; i++) y[i] = NAN;
         return;
     }
     for (int g = 0; g < rows / 8; g++) dot(in, (const char *)w8 + (size_t)g * gb, xq, 0, 1, sx, y + 8 * g, 1);
 #else
-    (void)t; (void)xq; (void)sx8; (void)w8; (void)in;
+    (void)t; (void)xq; (void)aux; (void)w8; (void)in;
     for (int i = 0; i < rows; i++) y[i] = NAN;
 #endif
 }
@@ -135,12 +135,12 @@ int ds4_q_matmul_x8(ds4_qtype t, float *y, const float *x, const void *w8, int n
 #ifdef __AVX2__
     const size_t rb = ds4_q_row_bytes(t, in), xb = ds4_q_act_row_bytes(t, in);
     if (!rb || !xb) return -1;
-    const size_t nsx = t == DS4_Q_Q4_0 ? (size_t)n * (size_t)(in / DS4_QK8_0) : 0;
+    const size_t nsx = t == DS4_Q_Q4_0 ? 2 * (size_t)n * (size_t)(in / DS4_QK8_0) : 0;
     char *xq = ds4_alloc_aligned((size_t)n * xb + nsx * sizeof(int32_t) + 64);
     if (!xq) return -1;
     int32_t *sx = nsx ? (int32_t *)(void *)(xq + ((size_t)n * xb + 63) / 64 * 64) : NULL;
     if (ds4_q_quantize_act(t, x, xq, n, in)) { free(xq); return -1; }
-    if (sx) ds4_x8_act_sums_avx2(in, xq, xb, n, sx);
+    if (sx) ds4_x8_act_aux_avx2(in, xq, xb, n, sx);
     const x8_fn dot = x8_kernel(t);
     const int ng = out / 8, nb = in / ds4_q_block_elems(t);
     const int par = (double)n * in * out > 262144.0;
@@ -148,7 +148,7 @@ int ds4_q_matmul_x8(ds4_qtype t, float *y, const float *x, const void *w8, int n
     for (int g = 0; g < ng; g++)
         for (int r0 = 0; r0 < n; r0 += 4)
             dot(in, (const char *)w8 + (size_t)g * 8 * rb, xq + (size_t)r0 * xb, xb, DS4_MIN(4, n - r0),
-                sx ? sx + (size_t)r0 * nb : NULL, y + (size_t)r0 * out + 8 * (size_t)g, (size_t)out);
+                sx ? sx + 2 * (size_t)r0 * nb : NULL, y + (size_t)r0 * out + 8 * (size_t)g, (size_t)out);
     free(xq);
     return 0;
 #else

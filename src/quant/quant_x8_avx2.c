@@ -39,18 +39,18 @@ INLINE float act_scale_q8_0(const ds4_block_q8_0 *b) { return ds4_fp16_to_fp32(b
 /* The instantiations with constant NX keep the per-row accumulators in registers. */
 #define DISPATCH_NX(KERNEL)                                   \
     switch (nx) {                                             \
-    case 1: KERNEL(n, w8, x, xs, sx8, o, os, 1); break;       \
-    case 2: KERNEL(n, w8, x, xs, sx8, o, os, 2); break;       \
-    case 3: KERNEL(n, w8, x, xs, sx8, o, os, 3); break;       \
-    default: KERNEL(n, w8, x, xs, sx8, o, os, 4); break;      \
+    case 1: KERNEL(n, w8, x, xs, aux, o, os, 1); break;       \
+    case 2: KERNEL(n, w8, x, xs, aux, o, os, 2); break;       \
+    case 3: KERNEL(n, w8, x, xs, aux, o, os, 3); break;       \
+    default: KERNEL(n, w8, x, xs, aux, o, os, 4); break;      \
     }
 
 /* ---- Q8_0: unit = d[8] (16 B) + 8 vectors; vector v lane k = qs[4v..4v+3] of row k.
  * Per vector: |w| against x with w's sign, pairwise products in int16 (at most
  * 2 * 127 * 127, no saturation), pairs to int32. */
-INLINE void x8_q8_0(int n, const void *w8, const void *x, size_t xs, const int32_t *sx8, float *o, size_t os,
+INLINE void x8_q8_0(int n, const void *w8, const void *x, size_t xs, const int32_t *aux, float *o, size_t os,
                     const int NX) {
-    (void)sx8;
+    (void)aux;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4];
     for (int r = 0; r < NX; r++) acc[r] = _mm256_setzero_ps();
@@ -82,40 +82,46 @@ INLINE void x8_q8_0(int n, const void *w8, const void *x, size_t xs, const int32
 /* ---- Q4_0: unit = d[8] + 4 vectors; vector v lane k = qs[4v..4v+3] of row k:
  * low nibbles elements 4v.., high nibbles 16+4v... Unsigned q in 0..15 go
  * straight into maddubs; 8 products of a block summed in int16 (at most 8 *
- * 2 * 15 * 127 = 30480); sum (q - 8) x = that - 8 sum x, the latter from
- * sx8 (ds4_x8_act_sums_avx2, once per activation row). */
-INLINE void x8_q4_0(int n, const void *w8, const void *x, size_t xs, const int32_t *sx8, float *o, size_t os,
+ * 2 * 15 * 127 = 30480); sum (q - 8) x = that - 8 sum x. aux (from
+ * ds4_x8_act_aux_avx2, once per activation row) holds per block 8 sum x and
+ * the block's scale as float bits. Two blocks per iteration. */
+INLINE void x8_q4_0(int n, const void *w8, const void *x, size_t xs, const int32_t *aux, float *o, size_t os,
                     const int NX) {
     const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
     __m256 acc[4];
     for (int r = 0; r < NX; r++) acc[r] = _mm256_setzero_ps();
-    const char *p = (const char *)w8;
     const int nb = n / DS4_QK4_0;
-    for (int b = 0; b < nb; b++, p += 8 * sizeof(ds4_block_q4_0)) {
-        PF(p, 0); PF(p, 64); PF(p, 128);
-        __m256i s[4];
-        for (int r = 0; r < NX; r++) s[r] = _mm256_setzero_si256();
-        for (int v = 0; v < 4; v++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * v));
-            const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-            for (int r = 0; r < NX; r++) {
-                const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)((const char *)x + r * xs) + b;
-                s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bc4(xb->qs + 4 * v)),
-                                                               _mm256_maddubs_epi16(hi, bc4(xb->qs + 16 + 4 * v))));
+    for (int b0 = 0; b0 < nb; b0 += 2) {
+        const char *p0 = (const char *)w8 + (size_t)b0 * 8 * sizeof(ds4_block_q4_0);
+        PF(p0, 0); PF(p0, 64); PF(p0, 128); PF(p0, 192); PF(p0, 256);
+        for (int u = 0; u < 2 && b0 + u < nb; u++) {
+            const int b = b0 + u;
+            const char *p = p0 + u * 8 * sizeof(ds4_block_q4_0);
+            __m256i s[4];
+            for (int r = 0; r < NX; r++) s[r] = _mm256_setzero_si256();
+            for (int v = 0; v < 4; v++) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * v));
+                const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                for (int r = 0; r < NX; r++) {
+                    const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)((const char *)x + r * xs) + b;
+                    s[r] = _mm256_add_epi16(s[r], _mm256_add_epi16(_mm256_maddubs_epi16(lo, bc4(xb->qs + 4 * v)),
+                                                                   _mm256_maddubs_epi16(hi, bc4(xb->qs + 16 + 4 * v))));
+                }
             }
-        }
-        const __m256 dw = scales8(p);
-        for (int r = 0; r < NX; r++) {
-            const ds4_block_q8_0 *xb = (const ds4_block_q8_0 *)((const char *)x + r * xs) + b;
-            const __m256i si = _mm256_sub_epi32(_mm256_madd_epi16(s[r], ones), _mm256_set1_epi32(sx8[r * nb + b]));
-            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(act_scale_q8_0(xb))), _mm256_cvtepi32_ps(si),
-                                     acc[r]);
+            const __m256 dw = scales8(p);
+            for (int r = 0; r < NX; r++) {
+                const int32_t *a = aux + 2 * ((size_t)r * nb + b);
+                float dx;
+                memcpy(&dx, a + 1, 4);
+                const __m256i si = _mm256_sub_epi32(_mm256_madd_epi16(s[r], ones), _mm256_set1_epi32(a[0]));
+                acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(dx)), _mm256_cvtepi32_ps(si), acc[r]);
+            }
         }
     }
     for (int r = 0; r < NX; r++) _mm256_storeu_ps(o + (size_t)r * os, acc[r]);
 }
 
-void ds4_x8_act_sums_avx2(int n, const void *x, size_t xs, int nx, int32_t *sx8) {
+void ds4_x8_act_aux_avx2(int n, const void *x, size_t xs, int nx, int32_t *aux) {
     const __m256i e8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     const int nb = n / DS4_QK8_0;
     for (int r = 0; r < nx; r++)
@@ -124,7 +130,10 @@ void ds4_x8_act_sums_avx2(int n, const void *x, size_t xs, int nx, int32_t *sx8)
             const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(e8, _mm256_loadu_si256((const __m256i *)xb->qs)), ones);
             const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
             const __m128i q = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-            sx8[r * nb + b] = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
+            int32_t *a = aux + 2 * ((size_t)r * nb + b);
+            a[0] = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 0xb1)));
+            const float dx = act_scale_q8_0(xb);
+            memcpy(a + 1, &dx, 4);
         }
 }
 
@@ -147,9 +156,9 @@ INLINE __m256i bytes_pattern(int j0, int j1) {    /* per 32-bit lane: bytes j0, 
     return _mm256_loadu_si256((const __m256i *)c);
 }
 
-INLINE void x8_q4_K(int n, const void *w8, const void *x, size_t xs, const int32_t *sx8, float *o, size_t os,
+INLINE void x8_q4_K(int n, const void *w8, const void *x, size_t xs, const int32_t *aux, float *o, size_t os,
                     const int NX) {
-    (void)sx8;
+    (void)aux;
     const __m256i m4 = _mm256_set1_epi8(15);
     const __m256i k3f = _mm256_set1_epi32(0x3f3f3f3f), k0f = _mm256_set1_epi32(0x0f0f0f0f),
                   k03 = _mm256_set1_epi32(0x03030303);
@@ -217,15 +226,15 @@ INLINE void x8_q4_K(int n, const void *w8, const void *x, size_t xs, const int32
     for (int r = 0; r < NX; r++) _mm256_storeu_ps(o + (size_t)r * os, _mm256_sub_ps(acc[r], accm[r]));
 }
 
-void ds4_dot_x8_q8_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o,
+void ds4_dot_x8_q8_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o,
                           size_t os) {
     DISPATCH_NX(x8_q8_0)
 }
-void ds4_dot_x8_q4_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o,
+void ds4_dot_x8_q4_0_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o,
                           size_t os) {
     DISPATCH_NX(x8_q4_0)
 }
-void ds4_dot_x8_q4_K_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *sx8, float *o,
+void ds4_dot_x8_q4_K_avx2(int n, const void *w8, const void *x, size_t xs, int nx, const int32_t *aux, float *o,
                           size_t os) {
     DISPATCH_NX(x8_q4_K)
 }
