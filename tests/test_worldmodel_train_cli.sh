@@ -29,7 +29,8 @@ cat > "$T/cfg.json" <<'EOF'
 EOF
 train() {  # out dir, extra flags
     "$DS4" video train --config "$T/cfg.json" --tokenizer "$T/tok.json" --vtok "$T/vt" --data "$T/d" \
-        --out "$1" --steps 4 --batch 2 --seq 128 --window 3 --eval-every 2 --save-every 2 --quiet "${@:2}"
+        --out "$1" --steps 4 --batch 2 --seq 128 --window 3 --caption-max 24 --eval-every 2 --save-every 2 \
+        --quiet "${@:2}"
 }
 train "$T/a" > "$T/a.txt" 2>&1 || { cat "$T/a.txt"; fail "train 4 steps"; }
 [ "$(wc -l < "$T/a/train_log.jsonl")" -eq 4 ] || fail "train log lines"
@@ -50,6 +51,11 @@ train "$T/c" --resume > "$T/c.txt" 2>&1 && fail "a lagging run state was resumed
 grep -q "optimizer.safetensors" "$T/c.txt" || { cat "$T/c.txt"; fail "error does not name the optimizer file"; }
 train "$T/none" --resume > "$T/n.txt" 2>&1 && fail "resume from nothing accepted"
 grep -q "resuming from $T/none: .*config.json" "$T/n.txt" || { cat "$T/n.txt"; fail "error does not name the missing file"; }
+
+# captions are cut at --caption-max tokens, and generation reads the same limit
+grep -q '"caption_max": 24' "$T/a/worldmodel.json" || fail "caption_max not recorded"
+train "$T/e" --caption-max 9 --stop-after 1 > "$T/e.txt" 2>&1 || { cat "$T/e.txt"; fail "train --caption-max 9"; }
+grep -q '"caption_max": 9' "$T/e/worldmodel.json" || fail "--caption-max not recorded"
 
 # the trained model opens and generates (guided too)
 "$DS4" video --model "$T/a" --prompt "a small red ball drops" --seconds 0.5 --cfg 2 --out "$T/v.gif" \

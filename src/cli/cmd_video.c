@@ -33,6 +33,7 @@ static void train_help(void) {
            "  --batch B           rows per step (%d)\n"
            "  --seq T             tokens per row (%d)\n"
            "  --window N          latent frames per video row (%d)\n"
+           "  --caption-max N     caption tokens kept, the rest cut (%d; generation uses the same)\n"
            "  --text-frac X       probability that a row is text (%.2f)\n"
            "  --caption-drop X    probability that a video row has no caption (%.2f)\n"
            "  --start-zero X      probability that a video row starts at the clip's first frame (%.2f)\n"
@@ -47,7 +48,7 @@ static void train_help(void) {
            "  --f16               save the final model.safetensors as F16 and drop optimizer state\n"
            "  --resume            continue from OUT\n"
            "  --quiet             no live progress line\n",
-           d.steps, d.batch, d.seq, d.window, d.text_frac, d.caption_drop, d.start_zero, d.lr,
+           d.steps, d.batch, d.seq, d.window, d.caption_max, d.text_frac, d.caption_drop, d.start_zero, d.lr,
            d.min_lr_frac, d.warmup, d.weight_decay, (unsigned long long)d.seed, d.eval_every, d.save_every);
 }
 
@@ -76,6 +77,7 @@ static int video_train(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) { if (cli_int(cmd, a, v, 1, 4096, &n)) return 2; o.batch = (int)n; }
         else if (!strcmp(a, "--seq")) { if (cli_int(cmd, a, v, 8, 1 << 20, &n)) return 2; o.seq = (int)n; }
         else if (!strcmp(a, "--window")) { if (cli_int(cmd, a, v, 2, 4096, &n)) return 2; o.window = (int)n; }
+        else if (!strcmp(a, "--caption-max")) { if (cli_int(cmd, a, v, 0, 4096, &n)) return 2; o.caption_max = (int)n; }
         else if (!strcmp(a, "--warmup")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.warmup = n; }
         else if (!strcmp(a, "--seed")) { if (cli_int(cmd, a, v, 0, 1L << 62, &n)) return 2; o.seed = (uint64_t)n; }
         else if (!strcmp(a, "--eval-every")) { if (cli_int(cmd, a, v, 0, 1L << 40, &n)) return 2; o.eval_every = n; }

@@ -18,8 +18,9 @@ void ds4_wm_train_opts_defaults(ds4_wm_train_opts *o) {
     memset(o, 0, sizeof *o);
     o->steps = 600;
     o->batch = 4;
-    o->seq = 847;                /* 3 + 64 caption tokens + 12 x 65 video tokens */
+    o->seq = 895;                /* 3 + 112 caption tokens + 12 x 65 video tokens */
     o->window = 12;
+    o->caption_max = 112;        /* the simulator's captions: up to 107 tokens (three balls) */
     o->text_frac = 0.25f;
     o->caption_drop = 0.2f;
     o->start_zero = 0.5f;
@@ -142,6 +143,7 @@ int ds4_wm_train(const ds4_wm_train_opts *oin) {
     ds4_wm_settings_defaults(&ws);
     ws.window = o.window;
     ws.keep = o.window / 2 > 0 ? o.window / 2 : 1;
+    ws.caption_max = o.caption_max;
 
     if (o.batch <= 0 || o.seq <= 0 || o.steps <= 0 || o.window < 2) {
         ds4_set_error("world train: batch, seq, steps must be positive and window >= 2");

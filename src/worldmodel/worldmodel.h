@@ -125,6 +125,7 @@ typedef struct ds4_wm_train_opts {
     long   steps;
     int    batch, seq;            /* rows per step, tokens per row (T) */
     int    window;                /* latent frames per video row */
+    int    caption_max;           /* caption tokens kept (112: every simulator caption fits) */
     float  text_frac;             /* probability that a row is text (0.25) */
     float  caption_drop;          /* probability that a video row has no caption (0.2) */
     float  start_zero;            /* probability that a video row starts at latent frame 0 (0.5) */
