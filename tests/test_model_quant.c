@@ -183,10 +183,15 @@ static void test_linear(void **s) {
             for (int k = 0; k < n * out; k++) yr[k] = 1.0f;
             ds4_linear(m, yr, x, m->params + t->offset, n, in, out, 1);
             for (int k = 0; k < n * out; k++) assert_true(fabsf(yr[k] - 1.0f - y[k]) < 1e-4f * (1 + fabsf(y[k])));
-            int r0 = out / 2, cnt = out - r0;
+            /* (rows from the middle of an 8-row group of the x8 layout, ending inside another) */
+            int r0 = out / 2 + 3, cnt = DS4_MIN(out - r0, 13);
             ds4_linear(m, yf, x, m->params + t->offset + (size_t)r0 * in, n, in, cnt, 0);
             for (int a = 0; a < n; a++)
                 for (int o = 0; o < cnt; o++) assert_true(yf[a * cnt + o] == y[a * out + r0 + o]);
+            for (int k = 0; k < n * cnt; k++) yf[k] = 2.0f;
+            ds4_linear(m, yf, x, m->params + t->offset + (size_t)r0 * in, n, in, cnt, 1);
+            for (int a = 0; a < n; a++)
+                for (int o = 0; o < cnt; o++) assert_true(yf[a * cnt + o] == 2.0f + y[a * out + r0 + o]);
             /* no model: found through the registry; weights outside any model: plain fp32 */
             ds4_linear(NULL, yf, x, m->params + t->offset, n, in, out, 0);
             assert_memory_equal(yf, y, (size_t)n * out * 4);
