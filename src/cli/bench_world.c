@@ -33,10 +33,12 @@ static void usage(const char *name, int bench) {
            "  --t2v N           text-to-video captions (= --clips; 0 = none)\n"
            "  --t2v-frames N    latent frames per text-to-video clip (6 = 1 s)\n"
            "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1234)\n"
+           "  --t2v-temp X      text-to-video temperature (%.1f)\n"
            "  --cfg X           text-to-video guidance scale (%.1f; 1 = off)\n"
            "  --batch N         sequences per forward (all)\n"
            "  --json FILE       also write the JSON result to FILE\n",
-           name, bench ? "optional" : "required, or simulated clips", (double)DS4_WM_CFG_DEFAULT);
+           name, bench ? "optional" : "required, or simulated clips", (double)DS4_WM_T2V_TEMP_DEFAULT,
+           (double)DS4_WM_CFG_DEFAULT);
 }
 
 static const char *pf(char *b, size_t n, double v, const char *fmt) {
@@ -120,6 +122,7 @@ static int run(const char *name, int argc, char **argv, int bench) {
         else if (!strcmp(a, "--batch")) { if (cli_int(name, a, v, 0, 4096, &n)) return 2; o.gen.batch = (int)n; }
         else if (!strcmp(a, "--cfg")) { if (cli_float(name, a, v, &x)) return 2; o.gen.cfg_scale = (float)x; }
         else if (!strcmp(a, "--temp")) { if (cli_float(name, a, v, &x)) return 2; o.gen.sampler.temperature = (float)x; }
+        else if (!strcmp(a, "--t2v-temp")) { if (cli_float(name, a, v, &x)) return 2; o.t2v_temp = (float)x; }
         else if (!strcmp(a, "--top-k")) { if (cli_int(name, a, v, 0, 1 << 20, &n)) return 2; o.gen.sampler.top_k = (int)n; }
         else if (!strcmp(a, "--top-p")) { if (cli_float(name, a, v, &x)) return 2; o.gen.sampler.top_p = (float)x; }
         else if (!strcmp(a, "--seed")) { if (cli_int(name, a, v, 0, 1L << 62, &n)) return 2; o.sample_seed = (uint64_t)n; }

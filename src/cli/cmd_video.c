@@ -160,10 +160,11 @@ static void help(void) {
            "  --png DIR         also PNG frames DIR/frame_0000.png ...\n"
            "  --mp4 FILE        also an MP4 (needs ffmpeg; skipped with a note otherwise)\n"
            "  --json FILE       extracted ball trajectories (default: FILE.json next to --out)\n"
-           "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1)\n"
+           "  --temp X --top-k K --top-p P --seed S   code sampling (%.1f, 0, 1, 1)\n"
            "  --cfg X           classifier-free guidance scale: codes from u + X (c - u), c with\n"
            "                    the prompt, u without it (%.1f; 1 = off)\n"
-           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n", (double)DS4_WM_CFG_DEFAULT);
+           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n",
+           (double)DS4_WM_T2V_TEMP_DEFAULT, (double)DS4_WM_CFG_DEFAULT);
 }
 
 int cmd_video(int argc, char **argv) {
@@ -174,6 +175,7 @@ int cmd_video(int argc, char **argv) {
     double seconds = 10;
     ds4_wm_gen_params gp;
     ds4_wm_gen_params_default(&gp);
+    gp.sampler.temperature = DS4_WM_T2V_TEMP_DEFAULT;
     const char *cmd = "video";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;

@@ -29,6 +29,7 @@ void ds4_wm_eval_opts_defaults(ds4_wm_eval_opts *o) {
     o->t2v_clips = 32;
     o->t2v_lat = 6;
     ds4_wm_gen_params_default(&o->gen);
+    o->t2v_temp = DS4_WM_T2V_TEMP_DEFAULT;
     o->sample_seed = 1234;
 }
 
@@ -416,7 +417,9 @@ int ds4_wm_eval(const ds4_wm *w, const ds4_wm_eval_opts *o, ds4_wm_eval_result *
                                       .out = t2v_codes + (size_t)i * tl * cpf};
         if (o->verbose) fprintf(stderr, "eval: text-to-video for %d captions (%d latent frames each)...\n", n_t2v, tl);
         ds4_wm_gen_stats ts;
-        if (ds4_wm_generate(w, req, n_t2v, &o->gen, &ts) != 0) goto out;
+        ds4_wm_gen_params tg = o->gen;
+        tg.sampler.temperature = o->t2v_temp;
+        if (ds4_wm_generate(w, req, n_t2v, &tg, &ts) != 0) goto out;
         r->gen_seconds += ts.seconds;
         r->gen_tokens += ts.prefill_tokens + ts.decode_tokens;
         int all = 0, col = 0, cnt = 0, reg = 0, ref_all = 0;

@@ -152,6 +152,9 @@ int  ds4_wm_train(const ds4_wm_train_opts *o);
 /* Guidance scale of captioned requests by default (1: off); 2 chosen on 16 validation captions
  * of the shipped model (1 / 2 / 3 / 5 at temperature 0.6). */
 #define DS4_WM_CFG_DEFAULT 2.0f
+/* Sampling temperature of text-to-video (ds4 video, eval's text-to-video); continuation keeps
+ * the generation default (0.6). */
+#define DS4_WM_T2V_TEMP_DEFAULT 0.6f
 
 typedef struct ds4_wm_gen_params {
     ds4_sampler_params sampler;   /* over the video codes only */
@@ -320,7 +323,8 @@ typedef struct ds4_wm_eval_opts {
     int horizon;                  /* predicted frames (48 = 2 s) */
     int t2v_clips;                /* text-to-video prompts (the first n captions), 0 = none */
     int t2v_lat;                  /* latent frames generated per caption (6) */
-    ds4_wm_gen_params gen;
+    ds4_wm_gen_params gen;        /* continuation; text-to-video too, but at t2v_temp */
+    float t2v_temp;               /* text-to-video temperature (DS4_WM_T2V_TEMP_DEFAULT) */
     uint64_t sample_seed;         /* per-clip sampler seeds derive from this */
     int verbose;                  /* progress on stderr */
 } ds4_wm_eval_opts;
