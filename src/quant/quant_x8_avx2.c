@@ -1,7 +1,7 @@
 /* quant_x8_avx2.c — AVX2 kernels for the x8 layout (quant.h): the 8 rows of
  * a group against up to 4 activation rows, each row's dot product in its own
  * 32-bit lane, so a block needs no horizontal sums and its 8 scales convert
- * in one instruction. About half the instructions per weight of the row kernels. */
+ * in one instruction: 1.7-2.2x the row kernels' throughput from L2, one thread. */
 #include "quant/quant.h"
 
 #ifdef __AVX2__
