@@ -7,8 +7,8 @@
 #      per code, --head 512, 5000 steps (~20 min on a quiet 2-core machine)
 #   3. backbone clips: ds4 world gen (train 2048 x 4 s, val 16 x 4 s, 64x64, 24 fps)
 #   4. backbone: ds4 video train (configs/world.json, 2.75M parameters), rows of
-#      caption (up to 112 tokens: every caption whole) + 8 latent frames (1.33 s)
-#      mixed with Brown text rows (20%)
+#      caption (its first 64 tokens) + 8 latent frames (1.33 s) mixed with Brown
+#      text rows (20%)
 #   5. ds4 video export: F16 backbone + video tokenizer into OUT (about 11 MB)
 # Each stage is skipped when its output exists; the backbone resumes from
 # WORK/model (same STEPS: the cosine schedule is set by STEPS), so an
@@ -48,7 +48,7 @@ stamp "backbone clips"
 stamp "backbone ($STEPS steps)"
 "$DS4" video train --config configs/world.json --tokenizer "$WORK/tokenizer.json" --vtok "$WORK/vtok" \
   --data "$WORK/data" --text "$WORK/text.bin" --text-val "$WORK/text-val.bin" --out "$WORK/model" \
-  --steps "$STEPS" --batch 4 --seq 635 --window 8 --caption-max 112 --text-frac 0.2 --lr 3e-3 --warmup 20 \
+  --steps "$STEPS" --batch 4 --seq 600 --window 8 --caption-max 64 --text-frac 0.2 --lr 3e-3 --warmup 20 \
   --eval-every 200 --save-every 50 --seed 1337 --quiet $( [ -f "$WORK/model/trainer_state.json" ] && echo --resume )
 
 stamp "export (F16) to $OUT"
