@@ -140,6 +140,43 @@ static void test_dir_roundtrip(void **s) {
     }
 }
 
+/* ds4_model_quant_rows (bench quant's baseline) puts the blocks back into
+ * ggml's rows: the same bytes as quantizing afresh, and the row kernels give
+ * the x8 kernels' logits up to float rounding. */
+static void test_quant_rows(void **s) {
+    (void)s;
+    for (int qt = DS4_Q_Q8_0; qt < DS4_Q_COUNT; qt++) {
+        ds4_model *m = make(dense_cfg, 4);
+        assert_int_equal(ds4_model_quantize(m, (ds4_qtype)qt), 0);
+        const int T = 6, V = m->cfg.vocab_size, ids[6] = {1, 5, 9, 2, 6, 5};
+        float *a = malloc(sizeof(float) * T * V), *b = malloc(sizeof(float) * T * V);
+        assert_int_equal(ds4_forward_logits(m, ids, T, a), 0);
+        int n_x8 = 0;
+        for (int i = 0; i < m->layout.n_tensors; i++) n_x8 += m->quant->t[i].x8;
+        assert_true(n_x8 > 0 || !ds4_q_have_simd());
+        assert_int_equal(ds4_model_quant_rows(m), 0);
+        for (int i = 0; i < m->layout.n_tensors; i++) {
+            const ds4_tensor_info *t = &m->layout.tensors[i];
+            const ds4_qtensor *q = &m->quant->t[i];
+            assert_int_equal(q->x8, 0);
+            if (q->type == DS4_Q_F32) continue;
+            const size_t nb = (size_t)t->shape[0] * q->row_bytes;
+            void *want = malloc(nb);
+            assert_int_equal(ds4_q_quantize((ds4_qtype)q->type, m->params + t->offset, want, (int)t->shape[0],
+                                            (int)t->shape[1]), 0);
+            assert_memory_equal(q->data, want, nb);
+            free(want);
+        }
+        assert_int_equal(ds4_forward_logits(m, ids, T, b), 0);
+        float mx = 0, d = 0;
+        for (int i = 0; i < T * V; i++) { mx = fmaxf(mx, fabsf(a[i])); d = fmaxf(d, fabsf(a[i] - b[i])); }
+        print_message("  %s: x8 vs row layout logits max |diff| %.2g of |logit| max %.2f\n", ds4_q_type_name((ds4_qtype)qt), d, mx);
+        if (!(d <= 0.02f * mx)) fail_msg("%s: x8 vs row logits differ by %g of %g", ds4_q_type_name((ds4_qtype)qt), d, mx);
+        free(a); free(b);
+        ds4_model_free(m);
+    }
+}
+
 /* ds4_linear on a quantized tensor == naive matmul on the dequantized blocks
  * (up to activation quantization), and close to the fp32 weights. */
 static void test_linear(void **s) {
@@ -463,7 +500,7 @@ int main(void) {
         cmocka_unit_test(test_dir_roundtrip), cmocka_unit_test(test_linear),
         cmocka_unit_test(test_logits_close),  cmocka_unit_test(test_gguf_llama),
         cmocka_unit_test(test_gguf_moe),      cmocka_unit_test(test_gguf_tokenizer),
-        cmocka_unit_test(test_bad_quant_dir),
+        cmocka_unit_test(test_bad_quant_dir),   cmocka_unit_test(test_quant_rows),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

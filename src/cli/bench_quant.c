@@ -1,6 +1,7 @@
 /* bench_quant.c — `ds4 bench quant`: in one run, perplexity of a model in
  * fp32, Q8_0, Q4_0 and Q4_K on a held-out text, and batch-1 decode tokens/s of
- * each against the memory-bandwidth bound for the bytes it reads per token. */
+ * each against the memory-bandwidth bound for the bytes it reads per token
+ * (and, as the baseline, of the same blocks in ggml's row layout). */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,7 +109,9 @@ int bench_quant(int argc, char **argv) {
                    "D 1024, L 8, FFN 2816, V 4096, whose Q4 weights are twice a 32 MB cache; or the\n"
                    "config F; `model` = the perplexity model only). Bound = read bandwidth / bytes a\n"
                    "token reads, the bandwidth a streaming read of a buffer that size on the same\n"
-                   "threads, interleaved with the decode steps. Targets: ppl within 0.5%% / 5%% / 3%%\n"
+                   "threads, interleaved with the decode steps. Baseline in the same run: the decode model's\n"
+                   "blocks in ggml's row layout with the row kernels (ds4 runs them in the x8 layout).\n"
+                   "Targets: ppl within 0.5%% / 5%% / 3%%\n"
                    "of fp32, decode >= 80%% of the bound. --llama-cpp is accepted but the comparison\n"
                    "with llama.cpp is not implemented (use ds4 export-gguf and llama.cpp's tools).\n",
                    text_path);
@@ -152,11 +155,12 @@ int bench_quant(int argc, char **argv) {
     if (big && prompt + n_dec + 1 > dc.max_position_embeddings) n_dec = dc.max_position_embeddings - prompt - 1;
     const long llc = bench_llc_bytes();
     qrow rows[DS4_Q_COUNT];
-    dres sm[DS4_Q_COUNT], bg[DS4_Q_COUNT];
+    dres sm[DS4_Q_COUNT], bg[DS4_Q_COUNT], br[DS4_Q_COUNT];   /* br: the decode model in row layout */
     int toks[DS4_Q_COUNT][8];
     memset(rows, 0, sizeof rows);
     memset(sm, 0, sizeof sm);
     memset(bg, 0, sizeof bg);
+    memset(br, 0, sizeof br);
     memset(toks, 0, sizeof toks);
     double big_params = 0;
     for (int qt = DS4_Q_F32; qt < DS4_Q_COUNT; qt++) {
@@ -190,6 +194,13 @@ int bench_quant(int argc, char **argv) {
         big_params = (double)ds4_model_n_params(d);
         if (decode_measure(d, prompt, (int)n_dec, every, (double)ds4_model_weight_bytes_per_token(d), &bg[qt], NULL))
             return cli_fail("bench quant");
+        if (qt != DS4_Q_F32) {        /* the baseline: the same blocks in ggml's row layout, row kernels */
+            fprintf(stderr, "%s: decode %ld tokens of the decode model in row layout...\n",
+                    ds4_q_type_name((ds4_qtype)qt), n_dec);
+            if (ds4_model_quant_rows(d) ||
+                decode_measure(d, prompt, (int)n_dec, every, (double)ds4_model_weight_bytes_per_token(d), &br[qt], NULL))
+                return cli_fail("bench quant");
+        }
         ds4_model_free(d);
     }
     static const double target[DS4_Q_COUNT] = {0, 0.5, 5, 3};
@@ -222,6 +233,13 @@ int bench_quant(int argc, char **argv) {
         printf("decode model: %.1fM params, random weights; Q4 bytes %s the cache (of bound: median step vs median "
                "bandwidth pass; best vs best in brackets; paired: median over steps of the pass just before / the step)\n", big_params / 1e6,
                bg[DS4_Q_Q4_0].bytes > llc ? "exceed" : "fit in");
+    if (big) {
+        printf("decode model, the same blocks in ggml's row layout (row kernels; ds4 keeps them in the x8 layout):");
+        for (int qt = 1; qt < DS4_Q_COUNT; qt++)
+            printf(" %s %.1f tok/s, %.1f%% of bound (x8 %.2fx)", ds4_q_type_name((ds4_qtype)qt), br[qt].tps,
+                   100 * br[qt].frac, br[qt].tps > 0 ? bg[qt].tps / br[qt].tps : 0.0);
+        printf("\n");
+    }
     printf("greedy tokens (first 8) agree with fp32:");
     for (int qt = 1; qt < DS4_Q_COUNT; qt++) {
         int agree = 0;
@@ -242,9 +260,13 @@ int bench_quant(int argc, char **argv) {
         if (big)
             printf(",\"decode_model\":{\"bytes_per_token\":%.0f,\"tokens_per_s\":%.2f,\"bandwidth_gbs\":%.2f,"
                    "\"bound_tokens_per_s\":%.2f,\"fraction_of_bound\":%.4f,\"fraction_of_bound_best\":%.4f,"
-                   "\"fraction_of_bound_paired\":%.4f}",
+                   "\"fraction_of_bound_paired\":%.4f",
                    bg[qt].bytes, bg[qt].tps, bg[qt].bw_med, bg[qt].bound, bg[qt].frac, bg[qt].frac_best,
                    bg[qt].frac_pair);
+        if (big && qt != DS4_Q_F32)
+            printf(",\"row_layout\":{\"tokens_per_s\":%.2f,\"fraction_of_bound\":%.4f},\"x8_speedup\":%.3f",
+                   br[qt].tps, br[qt].frac, br[qt].tps > 0 ? bg[qt].tps / br[qt].tps : 0.0);
+        if (big) printf("}");
         printf("}");
     }
     printf("}\n");

@@ -53,6 +53,10 @@ void ds4_qweights_free(ds4_qweights *q);
  * its data, or for an x8 tensor a converted copy left in *tmp for the caller
  * to free (*tmp = NULL otherwise). NULL with an error when out of memory. */
 const void *ds4_qtensor_rows(const ds4_model *m, int i, void **tmp);
+/* Put every x8 tensor of m back into ggml's row layout in place (x8 tensors
+ * are always the model's own blocks), so the row kernels run: the baseline
+ * of ds4 bench quant. Not undone; -1 with an error when out of memory. */
+int ds4_model_quant_rows(ds4_model *m);
 /* Free p with q. */
 int ds4_qweights_keep(ds4_qweights *q, void *p);
 /* Registration also puts every Q8_0 / Q4_0 / Q4_K matrix with a multiple of 8

@@ -79,6 +79,25 @@ static void to_x8(ds4_model *m) {
         q->lm_head_x8 = 1;
 }
 
+int ds4_model_quant_rows(ds4_model *m) {
+    if (!m->quant) return 0;
+    ds4_qweights *q = m->quant;
+    for (int i = 0; i < m->layout.n_tensors; i++) {
+        ds4_qtensor *qt = &q->t[i];
+        const ds4_tensor_info *t = &m->layout.tensors[i];
+        if (!qt->x8) continue;
+        if (ds4_q_from_x8((ds4_qtype)qt->type, qt->data, (void *)qt->data, (int)t->shape[0], (int)t->shape[1]) != 0)
+            return -1;
+        qt->x8 = 0;
+    }
+    if (q->lm_head_x8) {
+        if (ds4_q_from_x8(DS4_Q_Q8_0, q->lm_head_q8, (void *)q->lm_head_q8, m->cfg.vocab_size, m->cfg.hidden_size))
+            return -1;
+        q->lm_head_x8 = 0;
+    }
+    return 0;
+}
+
 const void *ds4_qtensor_rows(const ds4_model *m, int i, void **tmp) {
     const ds4_qtensor *qt = &m->quant->t[i];
     const ds4_tensor_info *t = &m->layout.tensors[i];
