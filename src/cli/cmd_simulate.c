@@ -29,8 +29,9 @@ static void help(void) {
            "  --mp4 FILE        also an MP4 (needs ffmpeg; skipped with a note otherwise)\n"
            "  --json FILE       extracted trajectories (default: FILE.json next to --out)\n"
            "  --truth FILE      annotation JSON of the clip (ds4 world render --json): true g\n"
-           "  --temp X --top-k K --top-p P --seed S   code sampling (0.6, 0, 1, 1)\n"
-           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n");
+           "  --temp X --top-k K --top-p P --seed S   code sampling (%.1f, 0, 1, 1)\n"
+           "  --window N --keep N   rolling context: latent frames held / kept on rebuild\n",
+           (double)DS4_WM_TEMP_DEFAULT);
 }
 
 static void print_metrics(const ds4_wm_clip_metrics *m, double g_true, int width) {

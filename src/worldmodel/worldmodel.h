@@ -152,8 +152,10 @@ int  ds4_wm_train(const ds4_wm_train_opts *o);
 /* Guidance scale of captioned requests by default (1: off); 2 chosen on 16 validation captions
  * of the shipped model (1 / 2 / 3 / 5 at temperature 0.6). */
 #define DS4_WM_CFG_DEFAULT 2.0f
+/* Sampling temperature of continuation (ds4 simulate, eval's continuation); see gen.c. */
+#define DS4_WM_TEMP_DEFAULT 0.3f
 /* Sampling temperature of text-to-video (ds4 video, eval's text-to-video); continuation keeps
- * the generation default (0.6). 0.8 chosen on 64 validation captions of the shipped model
+ * the generation default (0.3, gen.c). 0.8 chosen on 64 validation captions of the shipped model
  * (0.6 / 0.8 / 1.0 / 1.2: colours right 19 / 33 / 38 / 27%, count 30 / 48 / 36 / 23%, whole
  * caption 3 / 5 / 5 / 2%, FVD-proxy 10.7 / 7.0 / 13.1 / 45.3). */
 #define DS4_WM_T2V_TEMP_DEFAULT 0.8f
