@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "server/internal.h"
+#include "testmodel.h"
 
 /* ---- UTF-8 cleaning ---------------------------------------------------------- */
 static void check_clean(const char *in, size_t n, const char *want) {
@@ -121,17 +122,8 @@ static int setup(void **st) {
     fixture *f = calloc(1, sizeof *f);
     f->tok = ds4_tokenizer_train(CORPUS, sizeof CORPUS - 1, 280, 0);
     if (!f->tok) fail_msg("tokenizer: %s", ds4_error());
-    ds4_config c;
-    ds4_config_defaults(&c);
-    c.vocab_size = ds4_tokenizer_vocab_size(f->tok);
-    c.hidden_size = 32; c.intermediate_size = 48; c.num_hidden_layers = 2;
-    c.num_attention_heads = 4; c.num_key_value_heads = 2; c.head_dim = 8;
-    c.first_k_dense_replace = 2; c.max_position_embeddings = 64;
-    f->m = ds4_model_create(&c, 5);
+    f->m = tiny_text_model(f->tok, 64, 5);
     if (!f->m) fail_msg("model: %s", ds4_error());
-    ds4_rng r;
-    ds4_rng_seed(&r, 6);
-    for (size_t i = 0; i < f->m->layout.n_floats; i++) f->m->params[i] = 0.3f * ds4_rng_normal(&r);
     *st = f;
     return 0;
 }
