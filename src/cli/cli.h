@@ -37,5 +37,12 @@ int         cli_float(const char *cmd, const char *opt, const char *s, double *o
 int         cli_unknown(const char *cmd, const char *opt);
 /* Print "ds4 CMD: <ds4_error()>" and return 1. */
 int         cli_fail(const char *cmd);
+/* Options of ds4 video and ds4 simulate (wm_opts.c): --out --scale --png --mp4 --json and
+ * --temp --top-k --top-p --seed --window --keep. 1: `a` was one (taken), 0: it was not,
+ * -1: its value is bad (printed). */
+struct ds4_wm_gen_params;
+struct ds4_wm_output;
+int         cli_wm_option(const char *cmd, const char *a, const char *v, struct ds4_wm_gen_params *gp,
+                          struct ds4_wm_output *oo);
 
 #endif

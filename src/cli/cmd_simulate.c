@@ -68,8 +68,7 @@ int cmd_simulate(int argc, char **argv) {
     const char *cmd = "simulate";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        long n;
-        double x;
+        int k;
         if (cli_is_help(a)) { help(); return 0; }
         if (!(v = cli_value(argc, argv, &i))) return 2;
         if (!strcmp(a, "--model")) model = v;
@@ -79,19 +78,9 @@ int cmd_simulate(int argc, char **argv) {
             if (cli_float(cmd, a, v, &seconds)) return 2;
             if (!(seconds > 0 && seconds <= 600)) { fprintf(stderr, "ds4 simulate: --seconds must be in (0, 600]\n"); return 2; }
         }
-        else if (!strcmp(a, "--out")) oo.gif = v;
-        else if (!strcmp(a, "--scale")) { if (cli_int(cmd, a, v, 1, 64, &n)) return 2; oo.scale = (int)n; }
-        else if (!strcmp(a, "--png")) oo.png_dir = v;
-        else if (!strcmp(a, "--mp4")) oo.mp4 = v;
-        else if (!strcmp(a, "--json")) oo.json = v;
         else if (!strcmp(a, "--truth")) truth = v;
-        else if (!strcmp(a, "--temp")) { if (cli_float(cmd, a, v, &x)) return 2; gp.sampler.temperature = (float)x; }
-        else if (!strcmp(a, "--top-k")) { if (cli_int(cmd, a, v, 0, 1 << 20, &n)) return 2; gp.sampler.top_k = (int)n; }
-        else if (!strcmp(a, "--top-p")) { if (cli_float(cmd, a, v, &x)) return 2; gp.sampler.top_p = (float)x; }
-        else if (!strcmp(a, "--seed")) { if (cli_int(cmd, a, v, 0, 1L << 62, &n)) return 2; gp.sampler.seed = (uint64_t)n; }
-        else if (!strcmp(a, "--window")) { if (cli_int(cmd, a, v, 2, 4096, &n)) return 2; gp.window = (int)n; }
-        else if (!strcmp(a, "--keep")) { if (cli_int(cmd, a, v, 1, 4096, &n)) return 2; gp.keep = (int)n; }
-        else return cli_unknown(cmd, a);
+        else if ((k = cli_wm_option(cmd, a, v, &gp, &oo)) < 0) return 2;
+        else if (k == 0) return cli_unknown(cmd, a);
     }
     if (!clip || !oo.gif) {
         fprintf(stderr, "ds4 simulate: --clip and --out are required (see ds4 simulate --help)\n");
