@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
+#include "kernels/tile.h"
 #include "util/util.h"
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -70,21 +71,7 @@ static inline __m256 exp_ps(__m256 x) {
     return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), over);
 }
 
-/* Sum of a[i] * b[i] over n, in float with 16 lanes of partial sums. */
-static inline float dot_ps(const float *a, const float *b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-/* Sum of a[i] * b[i] * c[i] over n, as dot_ps. */
+/* Sum of a[i] * b[i] * c[i] over n, in float with 16 lanes of partial sums (as ds4_tile_dot). */
 static inline float dot3_ps(const float *a, const float *b, const float *c, int n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int i = 0;
@@ -100,12 +87,6 @@ static inline float dot3_ps(const float *a, const float *b, const float *c, int 
     return s;
 }
 #else
-static inline float dot_ps(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 static inline float dot3_ps(const float *a, const float *b, const float *c, int n) {
     float s = 0.0f;
     for (int i = 0; i < n; i++) s += a[i] * b[i] * c[i];
@@ -174,7 +155,7 @@ void ds4_rmsnorm(float *y, float *rstd, const float *x, const float *w, int n, i
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * d;   /* [d] */
         float *yr = y + (size_t)r * d;         /* [d] */
-        float rs = 1.0f / sqrtf(dot_ps(xr, xr, d) / (float)d + eps);
+        float rs = 1.0f / sqrtf(ds4_tile_dot(xr, xr, d) / (float)d + eps);
         if (rstd) rstd[r] = rs;
         for (int j = 0; j < d; j++) yr[j] = xr[j] * rs * w[j];
     }
