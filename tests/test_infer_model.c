@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "infer/infer.h"
+#include "testmodel.h"
 
 enum { V_DENSE, V_MOE, V_WINDOW_SINKS, V_PRUNE, V_INDEXER, N_VARIANTS };
 static const char *VARIANT_NAMES[N_VARIANTS] = {"dense", "moe", "window+sinks", "prune", "indexer"};
@@ -58,15 +59,7 @@ static ds4_model *tiny_model(int variant, uint64_t seed) {
     if (ds4_config_validate(&c)) fail_msg("config %s: %s", VARIANT_NAMES[variant], ds4_error());
     ds4_model *m = ds4_model_create(&c, seed);
     if (!m) fail_msg("model %s: %s", VARIANT_NAMES[variant], ds4_error());
-    ds4_rng r;
-    ds4_rng_seed(&r, seed + 1000);
-    for (int t = 0; t < m->layout.n_tensors; t++) {
-        const ds4_tensor_info *ti = &m->layout.tensors[t];
-        float *p = m->params + ti->offset;
-        int is_norm = strstr(ti->name, "norm") != NULL;
-        for (size_t i = 0; i < ti->numel; i++)
-            p[i] = is_norm ? 1.0f + 0.1f * ds4_rng_normal(&r) : 0.25f * ds4_rng_normal(&r);
-    }
+    tiny_randomize(m, seed + 1000);
     return m;
 }
 
