@@ -27,6 +27,7 @@ typedef struct moe_opts {
     long bias_calib;         /* (c): every N-th remaining block is the bias's load stream, trained on by no run (0: off) */
     long bias_every;         /* (c): bias update every K steps on the loads summed over them [1: SPEC] */
     long bias_settle;        /* (c): after training, N forward-only batches of the sign rule with u decaying to 0 */
+    double settle_ema;       /* (c): the settling's sign rule on an EMA (beta) of the batch loads (0: each batch's own) */
     double lr, bias_rate, aux_alpha, bias_freeze, hier_aux_alpha;
     double bias_ema;         /* (c): sign rule on an EMA of the per-step loads (0: off, SPEC) */
     int bias_follow_lr;
@@ -96,6 +97,8 @@ static void help(void) {
            "  --bias-settle N      (c): after the last step, N forward-only batches of training text, each\n"
            "                       followed by the sign rule with u decaying linearly to 0: the bias settles\n"
            "                       on the final router (no weight changes) [0: off, SPEC]\n"
+           "  --settle-ema B       the settling's sign rule on an EMA (beta B) of the batch loads, so that it\n"
+           "                       balances mean loads rather than median ones [0: each batch's own]\n"
            "  --diag               (c): also the final model's loads on trained tokens (training forward and\n"
            "                       inference path), held-out utilization with the bias averaged over the last\n"
            "                       10%% of the steps, and each layer's hottest held-out expert against training\n"
@@ -476,21 +479,8 @@ static int train_one(const moe_opts *o, const ds4_config *c, const int *train, s
          * text, u decaying linearly to 0, balances the final model rather than a moving one */
         ds4_rng srng;
         ds4_rng_seed(&srng, (uint64_t)o->seed * 15485863 + 5);
-        for (long k = 0; k < o->bias_settle; k++) {
-            for (int b = 0; b < B; b++) {
-                const size_t off = (size_t)(ds4_rng_u64(&srng) % (uint64_t)(ntrain - (size_t)T - 1));
-                memcpy(buf + (size_t)b * (T + 1), train + off, sizeof(int) * (size_t)(T + 1));
-            }
-            if (isnan(ds4_train_ctx_loss(ctx, m, buf))) goto out;
-            memset(step_load, 0, LE * sizeof(int64_t));
-            ds4_moe_loads_add(&m->cfg, ds4_train_ctx_acts(ctx), step_load);
-            const float u = (float)(c->router_bias_update_rate * (1.0 - (double)k / (double)o->bias_settle));
-            for (int l = 0; l < L; l++) {
-                if (!ds4_layer_is_moe(c, l)) continue;
-                ds4_moe_load_window_add(win + (size_t)l * E, step_load + (size_t)l * E, E, 0.0, 1);
-                ds4_moe_bias_update_window(m->w.layers[l].router_bias, win + (size_t)l * E, E, u);
-            }
-        }
+        m->cfg.router_bias_update_rate = c->router_bias_update_rate;
+        if (ds4_moe_bias_settle(ctx, m, train, ntrain, o->bias_settle, o->settle_ema, &srng) != 0) goto out;
         fprintf(stderr, "  %-26s bias settled over %ld forward-only batches\n", RUN_NAME[run], o->bias_settle);
     }
     m->cfg.router_bias_update_rate = c->router_bias_update_rate;      /* the config as given, for --save */
@@ -976,6 +966,7 @@ int bench_moe(int argc, char **argv) {
         struct { const char *name; double *dst; } fls[] = {
             {"--lr", &o.lr}, {"--bias-rate", &o.bias_rate}, {"--aux-alpha", &o.aux_alpha},
             {"--bias-freeze", &o.bias_freeze}, {"--hier-aux-alpha", &o.hier_aux_alpha}, {"--bias-ema", &o.bias_ema},
+            {"--settle-ema", &o.settle_ema},
         };
         int done = 0;
         for (size_t j = 0; j < sizeof ints / sizeof ints[0] && !done; j++)
@@ -1004,8 +995,9 @@ int bench_moe(int argc, char **argv) {
         else return cli_unknown("bench moe", a);
     }
     int rc = 0;
-    if (!(o.bias_freeze >= 0 && o.bias_freeze < 1) || !(o.hier_aux_alpha >= 0) || !(o.bias_ema >= 0 && o.bias_ema < 1)) {
-        fprintf(stderr, "ds4 bench moe: --bias-freeze and --bias-ema must be in [0, 1) and --hier-aux-alpha >= 0\n");
+    if (!(o.bias_freeze >= 0 && o.bias_freeze < 1) || !(o.hier_aux_alpha >= 0) || !(o.bias_ema >= 0 && o.bias_ema < 1) ||
+        !(o.settle_ema >= 0 && o.settle_ema < 1)) {
+        fprintf(stderr, "ds4 bench moe: --bias-freeze, --bias-ema and --settle-ema must be in [0, 1) and --hier-aux-alpha >= 0\n");
         return 2;
     }
     if (o.do_layer && (rc = run_layer(&o)) != 0) return rc;

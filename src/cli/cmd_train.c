@@ -33,6 +33,11 @@ static void help(void) {
            "  --stop-after N    stop after N steps of this run, with a checkpoint (resume later)\n"
            "  --indexer-warmup N  first N steps train only the lightning indexer (its KL loss, dense\n"
            "                    attention; SPEC 1.4); models with index_topk > 0 only (0 = off)\n"
+           "  --bias-settle N   MoE: after the last step, N forward-only batches of the training data,\n"
+           "                    each followed by the load-bias sign rule with u decaying to 0: the bias\n"
+           "                    balances the final router, not a moving one (0 = off; needs\n"
+           "                    router_bias_update_rate > 0)\n"
+           "  --settle-ema B    the settling's sign rule on an EMA (beta B) of the batch loads (0)\n"
            "  --log F           JSON Lines log (DIR/train_log.jsonl)\n"
            "  --quiet           no live progress line\n"
            "Threads: OMP_NUM_THREADS (default: all cores).\n");
@@ -66,6 +71,12 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--indexer-warmup")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.indexer_warmup = n; }
         else if (!strcmp(a, "--stop-after")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.stop_after = n; }
         else if (!strcmp(a, "--save-every")) { if (cli_int("train", a, v, 0, 1L << 40, &n)) return 2; o.save_every = n; }
+        else if (!strcmp(a, "--bias-settle")) { if (cli_int("train", a, v, 0, 1L << 30, &n)) return 2; o.bias_settle = n; }
+        else if (!strcmp(a, "--settle-ema")) {
+            if (cli_float("train", a, v, &x)) return 2;
+            if (!(x >= 0 && x < 1)) { fprintf(stderr, "ds4 train: --settle-ema must be in [0, 1), not %s\n", v); return 2; }
+            o.settle_ema = x;
+        }
         else if (!strcmp(a, "--lr")) { if (cli_float("train", a, v, &x)) return 2; o.lr = (float)x; }
         else if (!strcmp(a, "--min-lr-frac")) { if (cli_float("train", a, v, &x)) return 2; o.min_lr_frac = (float)x; }
         else if (!strcmp(a, "--wd")) { if (cli_float("train", a, v, &x)) return 2; o.weight_decay = (float)x; }

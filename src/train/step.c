@@ -104,6 +104,8 @@ double ds4_train_ctx_step(ds4_train_ctx *t, const ds4_model *m, const int *ids, 
 
 ds4_acts *ds4_train_ctx_acts(ds4_train_ctx *t) { return t->acts; }
 
+void ds4_train_ctx_shape(const ds4_train_ctx *t, int *B, int *T) { *B = t->B; *T = t->T; }
+
 void ds4_train_ctx_prune_step(ds4_train_ctx *t, ds4_prune_step_stats *st) {
     memset(st, 0, sizeof *st);
     st->counts = t->prune;

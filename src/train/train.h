@@ -8,6 +8,7 @@
 #include "ds4.h"
 #include "model/model.h"
 #include "model/prune.h"
+#include "util/util.h"
 
 typedef struct ds4_train_opts {
     const char *config_path;     /* config.json for a new run (NULL with resume) */
@@ -28,6 +29,8 @@ typedef struct ds4_train_opts {
     long   stop_after;           /* stop (with a checkpoint) after this many steps in this run; 0 = off */
     int    quiet;                /* no live progress line */
     long   indexer_warmup;       /* first steps train only the lightning indexer (SPEC §1.4); 0 = off */
+    long   bias_settle;          /* MoE: after the last step, batches that settle the load bias (0 = off) */
+    double settle_ema;           /* their sign rule on an EMA (beta) of the batch loads; 0 = each batch's own */
 } ds4_train_opts;
 
 void ds4_train_opts_defaults(ds4_train_opts *o);
@@ -82,6 +85,20 @@ typedef struct ds4_moe_step_stats {
     double max_vio;          /* mean over MoE layers of (max - mean) / mean */
 } ds4_moe_step_stats;
 void ds4_train_ctx_moe_step(ds4_train_ctx *t, ds4_model *m, ds4_moe_step_stats *st);
+
+/* The load bias settled on the trained, now fixed router (SPEC §1.2's sign
+ * rule, after the last optimizer step; only the bias moves, no weight):
+ * `batches` forward-only batches of the context's B x T tokens sampled from
+ * data[n] with rng, each followed by b_i += u * sign(mean_load - load_i) in
+ * every MoE layer with u = router_bias_update_rate x (1 - k / batches), on
+ * the batch's own loads (ema 0) or on an EMA (beta ema) of them. The bias a
+ * moving router leaves balances the loads only on average over steps; this
+ * one balances the final router's. Returns 0, or -1 with the error set
+ * (a dense model, rate 0, too little data). */
+int ds4_moe_bias_settle(ds4_train_ctx *t, ds4_model *m, const int *data, size_t n, long batches, double ema,
+                        ds4_rng *rng);
+/* The context's micro-batch shape. */
+void ds4_train_ctx_shape(const ds4_train_ctx *t, int *B, int *T);
 
 /* Token pruning and indexer statistics (SPEC §1.3, §1.4) over the micro-batches
  * since the last call (then reset): pruned layers' keep and agreement

@@ -170,6 +170,14 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         ds4_set_error("--seq %d exceeds max_position_embeddings %d", o.seq, m->cfg.max_position_embeddings);
         goto out;
     }
+    if (o.bias_settle > 0) {
+        int moe = 0;
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++) moe |= ds4_layer_is_moe(&m->cfg, l);
+        if (!moe || m->cfg.router_bias_update_rate <= 0) {
+            ds4_set_error("--bias-settle needs a model with MoE layers and router_bias_update_rate > 0");
+            goto out;
+        }
+    }
     if (ds4_shard_read(o.data_path, &data, &ndata) != 0) goto out;
     if (ndata < (size_t)o.seq + 2) { ds4_set_error("%s: %zu tokens, fewer than --seq + 2", o.data_path, ndata); goto out; }
     if (o.val_path && ds4_shard_read(o.val_path, &val, &nval) != 0) goto out;
@@ -229,10 +237,17 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         ds4_moe_step_stats ms;                  /* MoE: load-bias update, aux loss of the step */
         ds4_train_ctx_moe_step(ctx, m, &ms);
         rs.step++;
+        const int last = rs.step == o.steps;
+        if (last && o.bias_settle > 0) {        /* the bias settled on the final router (SPEC §1.2) */
+            ds4_rng srng;
+            ds4_rng_seed(&srng, o.seed ^ 0x5e771e5e771eULL);
+            if (ds4_moe_bias_settle(ctx, m, data, ndata, o.bias_settle, o.settle_ema, &srng) != 0) goto out;
+            fprintf(stderr, "%sds4 train: load bias settled on %ld forward-only batches\n", tty ? "\r\033[K" : "",
+                    o.bias_settle);
+        }
         const double now = ds4_time_s(), dt = now - ts;
         const double tps = tokens_per_step * (rs.step - first) / (now - t0);
         double vl = NAN;
-        const int last = rs.step == o.steps;
         if (val && o.eval_every > 0 && (rs.step % o.eval_every == 0 || last))
             vl = val_loss(ctx, m, val, nval, o.batch, o.seq, o.eval_batches, buf);
         fprintf(log, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.4f,\"tokens_per_s\":%.1f,"
