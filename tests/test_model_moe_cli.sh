@@ -1,6 +1,6 @@
 #!/bin/bash
 # test_model_moe_cli.sh — `ds4 bench moe --study` balancing options of run (c) on a tiny corpus:
-# the SPEC rule by default, --bias-ema / --bias-every / --bias-calib / --bias-settle named in the output, the
+# the SPEC rule by default, --bias-ema / --bias-every / --bias-calib / --bias-settle (--settle-ema) named in the output, the
 # calibration blocks taken out of every run's training text, bad values rejected.
 # Usage: bash tests/test_model_moe_cli.sh path/to/ds4
 DS4=${1:?usage: $0 path/to/ds4}
@@ -30,11 +30,15 @@ n0=$(sed -n 's/^ds4 bench moe --study: \([0-9]*\) train.*/\1/p' "$WORK/spec")
 n1=$(sed -n 's/^ds4 bench moe --study: \([0-9]*\) train.*/\1/p' "$WORK/calib")
 [ -n "$n0" ] && [ -n "$n1" ] && [ "$n1" -lt "$n0" ] || fail "calibration blocks not removed from the training text ($n0 -> $n1)"
 
-# --bias-settle: forward-only sign-rule batches after training move the saved bias and nothing else
+# --bias-settle: forward-only sign-rule batches after training move the saved bias (--settle-ema: on an
+# EMA of the batch loads, another bias)
 study --save "$WORK/s0" >/dev/null 2>&1 || fail "study --save"
 study --save "$WORK/s1" --bias-settle 3 >"$WORK/settle" 2>&1 || fail "study --bias-settle: $(tail -5 "$WORK/settle")"
 grep -q 'bias settles on 3 forward-only batches' "$WORK/settle" || fail "--bias-settle not named in the output"
 cmp -s "$WORK/s0/c/model.safetensors" "$WORK/s1/c/model.safetensors" && fail "--bias-settle left the model unchanged"
+study --save "$WORK/s2" --bias-settle 3 --settle-ema 0.9 >/dev/null 2>&1 || fail "study --bias-settle --settle-ema"
+cmp -s "$WORK/s1/c/model.safetensors" "$WORK/s2/c/model.safetensors" && fail "--settle-ema changed nothing"
+study --bias-settle 3 --settle-ema 1 >/dev/null 2>&1 && fail "--settle-ema 1 accepted"
 
 study --bias-every 2 >"$WORK/every" 2>&1 || fail "study (--bias-every): $(tail -5 "$WORK/every")"
 grep -q 'summed over 2 steps' "$WORK/every" || fail "--bias-every not named in the output"
