@@ -237,16 +237,16 @@ int ds4_train_run(const ds4_train_opts *o_in) {
         ds4_moe_step_stats ms;                  /* MoE: load-bias update, aux loss of the step */
         ds4_train_ctx_moe_step(ctx, m, &ms);
         rs.step++;
+        const double now = ds4_time_s(), dt = now - ts;
+        const double tps = tokens_per_step * (rs.step - first) / (now - t0);
         const int last = rs.step == o.steps;
-        if (last && o.bias_settle > 0) {        /* the bias settled on the final router (SPEC §1.2) */
+        if (last && o.bias_settle > 0) {        /* the bias settled on the final router (SPEC §1.2), outside the step's time */
             ds4_rng srng;
             ds4_rng_seed(&srng, o.seed ^ 0x5e771e5e771eULL);
             if (ds4_moe_bias_settle(ctx, m, data, ndata, o.bias_settle, o.settle_ema, &srng) != 0) goto out;
             fprintf(stderr, "%sds4 train: load bias settled on %ld forward-only batches\n", tty ? "\r\033[K" : "",
                     o.bias_settle);
         }
-        const double now = ds4_time_s(), dt = now - ts;
-        const double tps = tokens_per_step * (rs.step - first) / (now - t0);
         double vl = NAN;
         if (val && o.eval_every > 0 && (rs.step % o.eval_every == 0 || last))
             vl = val_loss(ctx, m, val, nval, o.batch, o.seq, o.eval_batches, buf);
